@@ -1,0 +1,81 @@
+"""The public library API: everything the `bundle` CLI does, callable from Python.
+
+    from bundler import api
+    rec = api.build(api.BuildRequest(Path("m.onnx"), "det", "1.0.0", ["sm_86", "rtx5090"]), Path("build/"))
+    res = api.seal([Path("build/")], api.load_private_key(Path("k.key"), None), Path("out/"))
+    rep = api.verify(res.path, api.load_trust([Path("k.pub")]))
+    assert rep.ok
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .archive import Limits
+from .build import BuildRequest, build, select_backend
+from .errors import BundleError, ExitCode
+from .inspect import InspectReport, inspect_bundle
+from .manifest import BuildRecord, Manifest
+from .model import ShapeSpec, load_model, parse_shape, resolve_profile
+from .seal import SealResult, seal
+from .signing import (
+    GeneratedKey,
+    TrustedKey,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    load_trust,
+)
+from .targets import Target, parse_target
+from .verify import VerifyReport, verify_bundle
+
+__all__ = [
+    "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
+    "Manifest", "SealResult", "ShapeSpec", "Target", "TrustedKey", "VerifyReport",
+    "build", "create", "extract", "generate_key", "inspect", "key_id", "load_model", "load_private_key",
+    "load_public_key", "load_trust", "parse_shape", "parse_target", "resolve_profile", "seal",
+    "select_backend", "verify",
+]
+
+
+def create(
+    request: BuildRequest,
+    key: ec.EllipticCurvePrivateKey,
+    out_dir: Path,
+    progress: Optional[Callable[..., None]] = None,
+) -> SealResult:
+    """`build` into a private temporary directory, then `seal`; only the bundle is left behind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{request.name}-{request.version}.bundle.tar"
+    if final.exists():
+        from .errors import OutputError
+
+        raise OutputError(f"{final}: already exists; bundles are never overwritten")
+    work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
+    try:
+        build(request, work / "build", progress=progress)
+        return seal([work / "build"], key, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def verify(
+    bundle: Path, trusted: Dict[str, TrustedKey], *, require_host: bool = False, limits: Limits = Limits()
+) -> VerifyReport:
+    return verify_bundle(bundle, trusted, limits=limits, require_host=require_host)
+
+
+def extract(bundle: Path, trusted: Dict[str, TrustedKey], dest: Path, *, limits: Limits = Limits()) -> VerifyReport:
+    """Verify while extracting; ``dest`` appears only when every check passed."""
+    return verify_bundle(bundle, trusted, limits=limits, extract_to=dest)
+
+
+def inspect(bundle: Path) -> InspectReport:
+    return inspect_bundle(bundle)

@@ -1,0 +1,378 @@
+"""The `bundle` command: a thin typer layer over `bundler.api`.
+
+All logic lives in the library; this module parses flags, asks for passphrases, renders rich
+tables, and maps `BundleError` classes to exit codes. Errors are one line on stderr, never a
+traceback. With ``--json``, stdout carries exactly one JSON document, on success and on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .errors import BundleError, ExitCode, InputError, KeyFileError
+from .signing import PASSPHRASE_ENV
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build, seal, sign and verify TensorRT engine bundles for air-gapped hosts.",
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Make signing keys and show key ids.")
+app.add_typer(keys_app, name="keys")
+
+
+def _out() -> Console:
+    # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+def _fail(e: BaseException, json_mode: bool) -> NoReturn:
+    if isinstance(e, BundleError):
+        code, cls, msg, member = int(e.code), e.failure_class, e.message, e.member
+    else:
+        code, cls, msg, member = int(ExitCode.INTERNAL), "internal", f"internal error: {type(e).__name__}: {e}", None
+    msg = " ".join(str(msg).split())  # one line, whatever the cause said
+    if json_mode:
+        print(json.dumps({"ok": False, "exit_code": code, "error": {"class": cls, "member": member, "message": msg}}, indent=2))
+    _err().print(f"[bold red]error[/] {escape(f'[{cls}]')}: {escape(msg)}")
+    raise typer.Exit(code)
+
+
+def _run(json_mode: bool, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _err().print("interrupted")
+        raise typer.Exit(130)
+    except Exception as e:  # noqa: BLE001 - every failure ends in one line and an exit code
+        _fail(e, json_mode)
+
+
+def _passphrase_for_new_key() -> bytes:
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise KeyFileError(f"no passphrase: set {PASSPHRASE_ENV}, run in a terminal, or pass --no-passphrase")
+    value = typer.prompt("Passphrase for the new key", hide_input=True, confirmation_prompt=True)
+    if not value:
+        raise KeyFileError("empty passphrase; pass --no-passphrase for an unencrypted demo key")
+    return value.encode()
+
+
+def _load_signing_key(path: Path):  # noqa: ANN202
+    from .signing import load_private_key, private_key_is_encrypted
+
+    passphrase = None
+    if private_key_is_encrypted(path):
+        env = os.environ.get(PASSPHRASE_ENV)
+        if env:
+            passphrase = env.encode()
+        elif sys.stdin.isatty():
+            passphrase = typer.prompt(f"Passphrase for {path}", hide_input=True).encode()
+    return load_private_key(path, passphrase)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+@keys_app.command("generate")
+def keys_generate(
+    name: str = typer.Argument(..., help="Base name: writes NAME.key and NAME.pub."),
+    directory: Path = typer.Option(Path("keys/local"), "--dir", help="Where to write the pair."),
+    no_passphrase: bool = typer.Option(False, "--no-passphrase", help="Leave the private key unencrypted (demos only)."),
+) -> None:
+    """Make an ECDSA P-256 key pair and print its key id."""
+    from .signing import generate_key
+
+    def go() -> None:
+        passphrase = None if no_passphrase else _passphrase_for_new_key()
+        k = generate_key(name, directory, passphrase)
+        _err().print(f"private key: {k.private_path} (mode 0600{'' if passphrase else ', NOT encrypted'})")
+        _err().print(f"public key:  {k.public_path}")
+        print(k.key_id)
+
+    _run(False, go)
+
+
+@keys_app.command("id")
+def keys_id(pub: Path = typer.Argument(..., help="A public key PEM.")) -> None:
+    """Print a public key's id (hex SHA-256 of its PEM; model-signing's `hint`)."""
+    from .signing import key_id, load_public_key
+
+    _run(False, lambda: print(key_id(load_public_key(pub))))
+
+
+# -- build / seal / create --------------------------------------------------------------------
+
+_SHAPE_HELP = "INPUT:MIN:OPT:MAX or INPUT:SHAPE, dims like 1x3x640x640 (repeatable)."
+
+
+def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str], backend: str):  # noqa: ANN202
+    from .build import BuildRequest
+    from .model import parse_shape, parse_size
+
+    return BuildRequest(
+        model=model,
+        name=name,
+        version=version,
+        targets=list(target),
+        shapes=[parse_shape(s) for s in shape],
+        workspace=parse_size(workspace) if workspace else None,
+        backend=backend,
+    )
+
+
+def _engine_table(engines, title: str) -> Table:  # noqa: ANN001
+    t = Table(title=title)
+    for col in ("target", "cc", "engine", "size", "backend", "header", "build s"):
+        t.add_column(col)
+    for e in engines:
+        hdr = f"{e.header.product} {e.header.version}" + (f" cc {','.join(e.header.cc)}" if e.header.cc else "")
+        t.add_row(e.target.label, e.target.cc or "-", e.path.split("/")[-1], f"{e.size:,}",
+                  f"{e.backend.name} {e.backend.version}", hdr, f"{e.duration_s:.2f}")
+    return t
+
+
+def _progress(stage: str, target) -> None:  # noqa: ANN001
+    _err().print(f"[dim]building {target.label} ({target.cc_str or 'local GPU'})…[/]")
+
+
+@app.command("build")
+def build_cmd(
+    model: Path = typer.Argument(..., help="The source ONNX model."),
+    name: str = typer.Option(..., "--name", help="Bundle name."),
+    version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
+    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …) or local (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Build directory to create (must not exist)."),
+    shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
+    backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
+) -> None:
+    """Build one engine per target into a build directory (seal it later, maybe with others)."""
+    from .build import build
+
+    def go() -> None:
+        rec = build(_request(model, name, version, target, shape, workspace, backend), out, progress=_progress)
+        _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
+
+    _run(False, go)
+
+
+def _print_seal(res) -> None:  # noqa: ANN001
+    c = _out()
+    c.print(f"bundle:  {res.path}")
+    c.print(f"sha256:  {res.sha256}")
+    c.print(f"key id:  {res.key_id}")
+    c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
+
+
+@app.command("seal")
+def seal_cmd(
+    build_dirs: List[Path] = typer.Argument(..., help="One or more build directories of the same model."),
+    key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
+    out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
+) -> None:
+    """Seal build directories into one signed, deterministic bundle tar."""
+    from .seal import seal
+
+    _run(False, lambda: _print_seal(seal(build_dirs, _load_signing_key(key), out)))
+
+
+@app.command("create")
+def create_cmd(
+    model: Path = typer.Argument(..., help="The source ONNX model."),
+    name: str = typer.Option(..., "--name", help="Bundle name."),
+    version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
+    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …) or local (repeatable)."),
+    key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
+    out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
+    shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
+    workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
+    backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
+) -> None:
+    """Build one engine per target and seal them into a signed bundle (build + seal)."""
+    from .api import create
+
+    def go() -> None:
+        request = _request(model, name, version, target, shape, workspace, backend)
+        signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
+        _print_seal(create(request, signing_key, out, progress=_progress))
+
+    _run(False, go)
+
+
+# -- verify / extract / inspect ---------------------------------------------------------------
+
+def _trust(paths: List[Path]):  # noqa: ANN202
+    from .signing import load_trust
+
+    if not paths:
+        raise InputError("no trusted key: pass --trust KEY.pub (a key inside the bundle is never trusted)")
+    return load_trust(paths)
+
+
+def _print_report(rep) -> None:  # noqa: ANN001
+    c = _out()
+    if rep.ok:
+        c.print(f"[bold green]VERIFIED[/] {rep.name} {rep.version}  ({rep.bundle})")
+    for s in rep.signers:
+        state = "trusted, valid" if s.valid else ("untrusted, not checked" if not s.trusted else "INVALID")
+        c.print(f"signer:  {s.key_id or '(no key hint)'}  {escape(f'[{state}]')}")
+    if rep.sha256:
+        c.print(f"sha256:  {rep.sha256}")
+    ok_files = sum(1 for f in rep.files if f.status == "ok")
+    c.print(f"files:   {ok_files}/{len(rep.files)} match the signed digests")
+    if rep.engines:
+        t = Table(title="engines")
+        for col in ("engine", "target", "cc", "header", "runs here"):
+            t.add_column(col)
+        for e in rep.engines:
+            hdr = "-" if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
+            runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")
+            t.add_row(e.path.split("/")[-1], e.target, e.cc or "-", hdr, runs)
+        c.print(t)
+    if rep.host is not None and not rep.host.gpus:
+        c.print("host:    no GPU found; the bundle is authentic, but no engine can run on this host")
+
+
+def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path]) -> None:
+    from .verify import verify_bundle
+
+    def go() -> None:
+        rep = verify_bundle(bundle, _trust(trust), require_host=require_host, extract_to=dest)
+        if json_mode:
+            print(json.dumps(rep.to_dict(), indent=2))
+        else:
+            _print_report(rep)
+            if rep.ok and dest is not None:
+                _out().print(f"extracted to {dest}")
+        if not rep.ok:
+            assert rep.error is not None
+            msg = " ".join(rep.error.message.split())
+            _err().print(f"[bold red]error[/] {escape(f'[{rep.error.failure_class}]')}: {escape(msg)}")
+            raise typer.Exit(rep.exit_code)
+
+    _run(json_mode, go)
+
+
+@app.command("verify")
+def verify_cmd(
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+    json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
+    require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
+) -> None:
+    """Verify a bundle against trusted keys in one streaming pass. Exit 0 only if every check holds."""
+    _verify_like(bundle, trust, json_mode, require_host, None)
+
+
+@app.command("extract")
+def extract_cmd(
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+    dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
+    json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
+) -> None:
+    """Verify while extracting into a staging directory; move it to DEST only when all checks pass."""
+    _verify_like(bundle, trust, json_mode, False, dest)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
+    trust: List[Path] = typer.Option([], "--trust", help="Verify too, against these trusted keys."),
+    json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
+) -> None:
+    """Show metadata, signers, files, targets and engine headers without extracting."""
+    from .inspect import inspect_bundle
+    from .verify import verify_bundle
+
+    def go() -> None:
+        rep = inspect_bundle(bundle)
+        vrep = verify_bundle(bundle, _trust(trust)) if trust else None
+        if vrep is not None:
+            rep.verified = vrep.ok
+            rep.notes[0] = "VERIFIED against the trusted keys given" if vrep.ok else f"VERIFICATION FAILED: {vrep.error.message if vrep.error else ''}"
+        if json_mode:
+            d = rep.to_dict()
+            d["verification"] = vrep.to_dict() if vrep is not None else None
+            print(json.dumps(d, indent=2))
+        else:
+            _print_inspect(rep)
+        if vrep is not None and not vrep.ok:
+            raise typer.Exit(vrep.exit_code)
+
+    _run(json_mode, go)
+
+
+def _print_inspect(rep) -> None:  # noqa: ANN001
+    c = _out()
+    style = "bold green" if rep.verified else "bold yellow"
+    c.print(f"[{style}]{rep.notes[0]}[/]")
+    m = rep.manifest or {}
+    c.print(f"bundle:   {rep.bundle}")
+    c.print(f"name:     {m.get('name', '?')} {m.get('version', '?')}  (directory {rep.root}, signed subject {rep.signed_subject})")
+    c.print(f"created:  {m.get('created', '?')}")
+    model = m.get("model") or {}
+    c.print(f"model:    {model.get('path', '?')} sha256 {model.get('sha256', '?')}")
+    for io in ("inputs", "outputs"):
+        for t in model.get(io, []):
+            c.print(f"  {io[:-1]:6} {t['name']}: {t['dtype']} [{'x'.join(str(d) for d in t['shape'])}]")
+    for kid in rep.signer_key_ids:
+        c.print(f"signer:   {kid or '(no key hint)'}")
+    t = Table(title="engines")
+    for col in ("engine", "target", "cc", "backend", "header (read from the engine)"):
+        t.add_column(col)
+    for e in m.get("engines", []):
+        h = rep.engine_headers.get(e["path"])
+        hdr = "unreadable" if h is None else f"{h.product} {h.version}" + (f" cc {','.join(h.cc)}" if h.cc else "")
+        t.add_row(e["path"].split("/")[-1], e["target"]["label"], e["target"].get("cc") or "-",
+                  f"{e['backend']['name']} {e['backend']['version']}", hdr)
+    c.print(t)
+    ft = Table(title="files")
+    ft.add_column("path")
+    ft.add_column("size", justify="right")
+    ft.add_column("mode")
+    for mem in rep.members:
+        ft.add_row(mem.path + ("/" if mem.is_dir else ""), f"{mem.size:,}", mem.mode)
+    c.print(ft)
+    for n in rep.notes[1:]:
+        c.print(f"note: {n}")
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        print(f"trt-bundler {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True, help="Show the version and exit."),
+) -> None:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Error classes and the exit codes they map to.
+
+Every failure a user can cause ends in one `BundleError` subclass. Each class carries its own exit
+code so that scripts (and the stdlib verifier, which mirrors these numbers) can tell a tampered
+bundle from a bad key from a typo, without parsing messages. The numbers are part of the public
+interface and are documented in docs/exit-codes.md; never renumber them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Optional
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug: reported in one line, never a traceback
+    USAGE = 2  # bad command-line usage (typer/click uses 2 as well)
+    INPUT = 3  # bad input file or argument: not ONNX, bad shape spec, unknown target...
+    KEY = 4  # key problems: unreadable, wrong passphrase, loose permissions
+    BUILD = 5  # the backend refused a target or failed to build
+    OUTPUT = 6  # cannot write the output: it exists, or the disk said no
+    # Verification classes: one per kind of tampering or damage.
+    ARCHIVE = 10  # not a tar, bad header checksum, truncated, data after the end
+    SIGNATURE = 11  # no signature, unparsable, untrusted key, bad signature
+    DIGEST = 12  # a member's size or SHA-256 differs from the signed list
+    MEMBERS = 13  # a member extra, missing or duplicated
+    UNSAFE = 14  # link, device, FIFO, absolute path, '..', setuid, odd PAX keys, case clash
+    LIMITS = 15  # member count or size over the reader's limits
+    BINDING = 16  # signed metadata disagrees with the bundle: name/version/dir, engine headers
+    HOST = 17  # only with --require-host: no engine in the bundle can run on this host
+
+
+class BundleError(Exception):
+    """A failure with a user-facing one-line message and a documented exit code."""
+
+    code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, member: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.member = member
+
+    @property
+    def failure_class(self) -> str:
+        return self.code.name.lower()
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(BundleError):
+    code = ExitCode.USAGE
+
+
+class InputError(BundleError):
+    code = ExitCode.INPUT
+
+
+class KeyFileError(BundleError):
+    code = ExitCode.KEY
+
+
+class BuildError(BundleError):
+    code = ExitCode.BUILD
+
+
+class OutputError(BundleError):
+    code = ExitCode.OUTPUT
+
+
+class VerificationError(BundleError):
+    """Base of every failure found while checking a bundle."""
+
+
+class ArchiveError(VerificationError):
+    code = ExitCode.ARCHIVE
+
+
+class SignatureError(VerificationError):
+    code = ExitCode.SIGNATURE
+
+
+class DigestError(VerificationError):
+    code = ExitCode.DIGEST
+
+
+class MembersError(VerificationError):
+    code = ExitCode.MEMBERS
+
+
+class UnsafeMemberError(VerificationError):
+    code = ExitCode.UNSAFE
+
+
+class LimitsError(VerificationError):
+    code = ExitCode.LIMITS
+
+
+class BindingError(VerificationError):
+    code = ExitCode.BINDING
+
+
+class HostError(VerificationError):
+    code = ExitCode.HOST

@@ -1,0 +1,253 @@
+"""The seal stage: build directories -> manifest, checksums, signature -> one deterministic tar.
+
+Sealing reads each payload byte once and writes it once. Engine and model digests come from the
+build records and are re-computed while the bytes are copied into the tar; if a file changed
+since it was built, the partial tar is deleted and nothing appears under the final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from . import __version__
+from .archive import TarWriter
+from .build import BUILD_RECORD
+from .engine_header import HeaderError, parse_header
+from .errors import InputError, OutputError
+from .manifest import BuildRecord, EngineRecord, FileEntry, Manifest, SchemaError, parse_json, to_json
+from .model import sha256_file
+from .signing import SIGNATURES_DIR, key_id, make_statement, sign_statement
+
+MANIFEST = "manifest.json"
+SHA256SUMS = "SHA256SUMS"
+RUNTIME_DIR = "runtime"
+
+
+@dataclass(frozen=True)
+class SealResult:
+    path: Path
+    sha256: str
+    key_id: str
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """One file to pack: where it is on disk, where it goes in the bundle, what it must hash to."""
+
+    src: Path
+    entry: FileEntry
+    mode: int = 0o644
+
+
+def source_date_epoch() -> Optional[int]:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    try:
+        epoch = int(value)
+    except ValueError:
+        raise InputError(f"SOURCE_DATE_EPOCH={value!r} is not an integer") from None
+    if epoch < 0:
+        raise InputError("SOURCE_DATE_EPOCH must not be negative")
+    return epoch
+
+
+def load_build_dir(path: Path) -> BuildRecord:
+    rec_path = Path(path) / BUILD_RECORD
+    if not rec_path.is_file():
+        raise InputError(f"{path}: not a build directory (no {BUILD_RECORD}); make one with `bundle build`")
+    try:
+        return parse_json(BuildRecord, rec_path.read_bytes(), str(rec_path))
+    except SchemaError as e:
+        raise InputError(f"{e}") from None
+
+
+def runtime_files() -> List[Tuple[str, bytes, int]]:
+    """(name, bytes, mode) of every file in runtime_stub/, which goes into ``runtime/``."""
+    out = []
+    root = resources.files("runtime_stub")
+    for item in sorted(root.iterdir(), key=lambda p: p.name):
+        if not item.is_file() or item.name == "__init__.py" or item.name.endswith(".pyc"):
+            continue
+        data = item.read_bytes()
+        mode = 0o755 if item.name.endswith(".py") else 0o644
+        out.append((item.name, data, mode))
+    return out
+
+
+def _collect(build_dirs: Sequence[Path]) -> Tuple[BuildRecord, List[Tuple[Path, EngineRecord]], Path]:
+    records = [(Path(d), load_build_dir(Path(d))) for d in build_dirs]
+    if not records:
+        raise InputError("give at least one build directory")
+    first_dir, first = records[0]
+    engines: List[Tuple[Path, EngineRecord]] = []
+    seen: Dict[str, Path] = {}
+    for d, rec in records:
+        if rec.model.sha256 != first.model.sha256:
+            raise InputError(
+                f"{d} was built from a different source model (sha256 {rec.model.sha256[:12]}…) than "
+                f"{first_dir} ({first.model.sha256[:12]}…); one bundle holds engines of one model"
+            )
+        if (rec.name, rec.version) != (first.name, first.version):
+            raise InputError(f"{d} is {rec.name} {rec.version} but {first_dir} is {first.name} {first.version}")
+        for e in rec.engines:
+            if e.path in seen:
+                raise InputError(f"engine {e.path} is in both {seen[e.path]} and {d}")
+            seen[e.path] = d
+            engines.append((d, e))
+    return first, engines, first_dir
+
+
+def _check_engine_file(src: Path, rec: EngineRecord) -> None:
+    try:
+        size = src.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{src}: engine listed in {BUILD_RECORD} is missing") from None
+    if size != rec.size:
+        raise InputError(f"{src}: is {size} bytes but {BUILD_RECORD} records {rec.size}; the build dir changed")
+    with open(src, "rb") as f:
+        head = f.read(64)
+    try:
+        header = parse_header(head, size)
+    except HeaderError as e:
+        raise InputError(f"{src}: not a readable engine ({e})") from None
+    if header != rec.header:
+        raise InputError(f"{src}: header says {header.product} {header.version} {header.cc}, the build record says otherwise")
+
+
+def seal(
+    build_dirs: Sequence[Path],
+    key: ec.EllipticCurvePrivateKey,
+    out_dir: Path,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> SealResult:
+    """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``."""
+    record, engines, first_dir = _collect(build_dirs)
+    root = f"{record.name}-{record.version}"
+    out_dir = Path(out_dir)
+    final = out_dir / f"{root}.bundle.tar"
+    if final.exists():
+        raise OutputError(f"{final}: already exists; bundles are never overwritten")
+
+    payloads: List[_Payload] = []
+    for d, e in sorted(engines, key=lambda x: x[1].path):
+        src = d / e.path
+        _check_engine_file(src, e)
+        payloads.append(_Payload(src, FileEntry(e.path, e.size, e.sha256)))
+        log_src = d / e.log
+        if not log_src.is_file():
+            raise InputError(f"{log_src}: build log listed in {BUILD_RECORD} is missing")
+        digest, size = sha256_file(log_src)
+        payloads.append(_Payload(log_src, FileEntry(e.log, size, digest)))
+    payloads.sort(key=lambda p: p.entry.path)
+    model_src = first_dir / record.model.path
+    if not model_src.is_file() or model_src.stat().st_size != record.model.size:
+        raise InputError(f"{model_src}: source model missing or changed since the build")
+    payloads.append(_Payload(model_src, FileEntry(record.model.path, record.model.size, record.model.sha256)))
+    runtime = [
+        (f"{RUNTIME_DIR}/{n}", data, mode) for n, data, mode in runtime_files()
+    ]
+    runtime_entries = [
+        FileEntry(p, len(data), hashlib.sha256(data).hexdigest()) for p, data, _ in runtime
+    ]
+
+    epoch = source_date_epoch()
+    created = _dt.datetime.fromtimestamp(
+        epoch if epoch is not None else int(_dt.datetime.now(_dt.timezone.utc).timestamp()), _dt.timezone.utc
+    )
+    manifest = Manifest(
+        name=record.name,
+        version=record.version,
+        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model=record.model,
+        engines=[e for _, e in sorted(engines, key=lambda x: x[1].path)],
+        files=[p.entry for p in payloads] + runtime_entries,
+        tool={"name": "trt-bundler", "version": __version__},
+    )
+    manifest_bytes = to_json(manifest)
+    all_entries = [FileEntry(MANIFEST, len(manifest_bytes), hashlib.sha256(manifest_bytes).hexdigest())]
+    all_entries += manifest.files
+    sums = "".join(f"{e.sha256}  {e.path}\n" for e in all_entries).encode("utf-8")
+    resources_ = {e.path: e.sha256 for e in all_entries}
+    resources_[SHA256SUMS] = hashlib.sha256(sums).hexdigest()
+    signature = sign_statement(make_statement(root, resources_), key)
+    kid = key_id(key.public_key())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=out_dir)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
+        with os.fdopen(fd, "wb") as raw:
+            out = _HashingWriter(raw)
+            tw = TarWriter(out, epoch or 0)
+            tw.add_bytes(f"{root}/{SIGNATURES_DIR}/{kid}.sig", signature)
+            tw.add_bytes(f"{root}/{MANIFEST}", manifest_bytes)
+            tw.add_bytes(f"{root}/{SHA256SUMS}", sums)
+            total = sum(p.entry.size for p in payloads)
+            done = 0
+            for p in payloads:
+                h = hashlib.sha256()
+                with open(p.src, "rb") as f:
+                    tw.add_stream(f"{root}/{p.entry.path}", f, p.entry.size, p.mode, h.update)
+                if h.hexdigest() != p.entry.sha256:
+                    raise InputError(f"{p.src}: content changed since it was built (sha256 differs from {BUILD_RECORD})")
+                done += p.entry.size
+                if progress:
+                    progress(p.entry.path, done, total)
+            for path, data, mode in runtime:
+                tw.add_bytes(f"{root}/{path}", data, mode)
+            tw.close()
+            out.flush()
+            raw.flush()
+            os.fsync(raw.fileno())
+        _publish(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return SealResult(final, out.sha256.hexdigest(), kid, manifest)
+
+
+class _HashingWriter:
+    """Buffers small writes and hashes everything written: the bundle digest costs no re-read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self._buf = bytearray()
+
+    def write(self, data) -> int:  # noqa: ANN001
+        n = len(data)
+        self.sha256.update(data)
+        if n >= (1 << 16):
+            self.flush()
+            self._raw.write(data)
+        else:
+            self._buf += data
+            if len(self._buf) >= (1 << 20):
+                self.flush()
+        return n
+
+    def flush(self) -> None:
+        if self._buf:
+            self._raw.write(self._buf)
+            self._buf.clear()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move into place without ever replacing an existing file (link fails if ``final`` exists)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise OutputError(f"{final}: appeared while sealing; not overwritten") from None
+    tmp.unlink()

@@ -1,0 +1,85 @@
+"""Target parsing: one `Target` type for compute capabilities, GPU names and `local`.
+
+Users name GPUs the way their fleet inventory does (``rtx4090``, ``l4``), CI jobs name compute
+capabilities (``sm_86``, ``8.6``). Both resolve through the single table below, so a name can never
+map to two capabilities in two places of the code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from .errors import InputError
+
+#: Well-known GPU names -> compute capability. One table for the whole product.
+GPU_TABLE: Dict[str, Tuple[int, int]] = {
+    # Turing
+    "t4": (7, 5), "rtx2080": (7, 5), "rtx2080ti": (7, 5), "quadro-rtx8000": (7, 5),
+    # Ampere
+    "a100": (8, 0), "a30": (8, 0),
+    "a10": (8, 6), "a10g": (8, 6), "a40": (8, 6), "a16": (8, 6), "a2": (8, 6), "rtx-a6000": (8, 6),
+    "rtx3060": (8, 6), "rtx3070": (8, 6), "rtx3080": (8, 6), "rtx3090": (8, 6),
+    "jetson-orin": (8, 7),
+    # Ada
+    "l4": (8, 9), "l40": (8, 9), "l40s": (8, 9), "rtx-6000-ada": (8, 9),
+    "rtx4060": (8, 9), "rtx4070": (8, 9), "rtx4080": (8, 9), "rtx4090": (8, 9),
+    # Hopper
+    "h100": (9, 0), "h200": (9, 0), "gh200": (9, 0),
+    # Blackwell
+    "b200": (10, 0), "gb200": (10, 0),
+    "rtx5070": (12, 0), "rtx5080": (12, 0), "rtx5090": (12, 0), "rtx-pro-6000": (12, 0),
+    "dgx-spark": (12, 1), "gb10": (12, 1),
+}
+
+_SM_RE = re.compile(r"^(?:sm_?|compute_?)?(\d{1,2})(\d)$")
+_DOT_RE = re.compile(r"^(\d{1,2})\.(\d)$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One build target.
+
+    ``label`` is what appears in file names and tables (``rtx4090``, ``sm86``, ``local``); ``cc``
+    is the compute capability, or None for ``local`` until the host GPU has been queried.
+    """
+
+    label: str
+    cc: Optional[Tuple[int, int]]
+    gpu: Optional[str] = None  # the GPU name when the user gave one
+
+    @property
+    def sm(self) -> str:
+        if self.cc is None:
+            return "local"
+        return f"sm_{self.cc[0]}{self.cc[1]}"
+
+    @property
+    def cc_str(self) -> Optional[str]:
+        return None if self.cc is None else f"{self.cc[0]}.{self.cc[1]}"
+
+    def with_cc(self, cc: Tuple[int, int], gpu: Optional[str] = None) -> "Target":
+        return Target(self.label, cc, gpu or self.gpu)
+
+
+def parse_target(text: str) -> Target:
+    """Parse ``sm_86``, ``sm86``, ``8.6``, ``86``, a GPU name from `GPU_TABLE`, or ``local``."""
+    t = text.strip().lower()
+    if t == "local":
+        return Target("local", None)
+    if t in GPU_TABLE:
+        return Target(t, GPU_TABLE[t], gpu=t)
+    m = _DOT_RE.match(t) or _SM_RE.match(t)
+    if m:
+        cc = (int(m.group(1)), int(m.group(2)))
+        return Target(f"sm{cc[0]}{cc[1]}", cc)
+    known = ", ".join(sorted(GPU_TABLE))
+    raise InputError(
+        f"unknown target {text!r}: use a compute capability (sm_86 or 8.6), 'local', or one of: {known}"
+    )
+
+
+def gpu_names_for(cc: Tuple[int, int]) -> list:
+    """Every GPU name in the table with this compute capability (for messages and `info`)."""
+    return sorted(name for name, c in GPU_TABLE.items() if c == cc)

@@ -1,0 +1,1 @@
+"""Files copied into every bundle's ``runtime/`` directory (this __init__ is not copied)."""
