@@ -38,7 +38,7 @@ def _out() -> Console:
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # an error is one line, never wrapped
 
 
 def _fail(e: BaseException, json_mode: bool) -> NoReturn:

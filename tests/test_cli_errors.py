@@ -1,0 +1,148 @@
+"""Bad input gets one clear line, a documented exit code, and never a partial output file."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import SAMPLE, make_conv_model, run_bundle
+
+SHAPE = "input:1x3x64x64:4x3x64x64:16x3x64x64"
+
+
+def create(tmp_path, keys, model, *extra):  # noqa: ANN001, ANN201
+    return run_bundle("create", model, "--name", "s", "--version", "1.0.0", "--key", keys["release"]["key"],
+                      "--out", tmp_path / "out", "--backend", "tensorrt-rtx", *extra)
+
+
+def assert_no_output(tmp_path):  # noqa: ANN001
+    out = tmp_path / "out"
+    assert not out.exists() or list(out.iterdir()) == [], list(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "extra, code, needle",
+    [
+        (("--target", "sm_86"), 3, "pass --shape input:MIN:OPT:MAX"),
+        (("--target", "sm_86", "--shape", "input:1x3x64"), 3, "rank 3"),
+        (("--target", "sm_86", "--shape", "input:4x3x64x64:1x3x64x64:8x3x64x64"), 3, "min <= opt <= max"),
+        (("--target", "sm_86", "--shape", "input:1x3x32x32:1x3x64x64:1x3x64x64"), 3, "the model fixes it at 64"),
+        (("--target", "sm_86", "--shape", "input:1x4x64x64"), 3, "fixes it at 3"),
+        (("--target", "sm_86", "--shape", "image:1x3x64x64"), 3, "model's inputs are: input"),
+        (("--target", "sm_86", "--shape", "input:1xAx64x64"), 3, "dimensions must look like"),
+        (("--target", "gtx9999", "--shape", SHAPE), 3, "unknown target 'gtx9999'"),
+        (("--target", "h100", "--shape", SHAPE), 5, "cannot be built by TensorRT-RTX"),
+        (("--target", "sm_90", "--shape", SHAPE), 5, "cannot be built by TensorRT-RTX"),
+        (("--target", "local", "--shape", SHAPE), 5, "target local needs full TensorRT"),
+        (("--target", "sm_86", "--target", "8.6", "--shape", SHAPE), 3, "target given twice"),
+        (("--target", "sm_86", "--shape", SHAPE, "--workspace", "lots"), 3, "size 'lots'"),
+    ],
+)
+def test_create_refuses_before_building(tmp_path, keys, extra, code, needle):
+    r = create(tmp_path, keys, SAMPLE, *extra)
+    assert r.code == code, (r.code, r.err)
+    assert needle in r.err
+    assert r.err.count("\n") == 1  # exactly one line
+    assert_no_output(tmp_path)
+
+
+def test_bad_version_and_name(tmp_path, keys):
+    r = run_bundle("create", SAMPLE, "--name", "s", "--version", "1.0", "--target", "sm_86", "--shape", SHAPE,
+                   "--key", keys["release"]["key"], "--out", tmp_path / "out")
+    assert r.code == 3 and "not a semantic version" in r.err
+    r = run_bundle("create", SAMPLE, "--name", "../evil", "--version", "1.0.0", "--target", "sm_86", "--shape", SHAPE,
+                   "--key", keys["release"]["key"], "--out", tmp_path / "out")
+    assert r.code == 3 and "bundle name" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_not_onnx_and_corrupt_onnx(tmp_path, keys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    r = create(tmp_path, keys, junk, "--target", "sm_86")
+    assert r.code == 3 and "not an ONNX model" in r.err
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(SAMPLE.read_bytes()[:5000])
+    r = create(tmp_path, keys, cut, "--target", "sm_86")
+    assert r.code == 3 and str(cut) in r.err
+    r = create(tmp_path, keys, tmp_path / "missing.onnx", "--target", "sm_86")
+    assert r.code == 3 and "no such model file" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_checker_rejects_invalid_graph(tmp_path, keys):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Relu", ["nope"], ["y"])], "g", [x], [y])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    r = create(tmp_path, keys, path, "--target", "sm_86")
+    assert r.code == 3 and "checker rejected" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_contradictory_shared_dims(tmp_path, keys):
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g", [a, b], [y])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    r = create(tmp_path, keys, path, "--target", "sm_86", "--shape", "a:1x4:2x4:8x4", "--shape", "b:1x4:4x4:8x4")
+    assert r.code == 3 and "dim 'N' is shared by 'a' axis 0 and 'b' axis 0" in r.err
+    r = create(tmp_path, keys, path, "--target", "sm_86", "--shape", "a:1x4:2x4:8x4", "--shape", "b:1x4:2x4:8x4")
+    assert r.code == 0, r.err
+
+
+def test_build_failure_leaves_nothing_and_names_target(tmp_path, keys):
+    # TopK with a runtime k from an input: valid ONNX that TensorRT cannot build (k must be a constant).
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "K"])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, "K"])
+    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g", [x, k], [v, i])
+    path = tmp_path / "topk.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    r = create(tmp_path, keys, path, "--target", "sm_86")
+    assert r.code == 5, (r.code, r.err)
+    assert "target sm86" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_unknown_backend_and_missing_full_tensorrt(tmp_path, keys):
+    r = run_bundle("create", SAMPLE, "--name", "s", "--version", "1.0.0", "--target", "sm_86", "--shape", SHAPE,
+                   "--key", keys["release"]["key"], "--out", tmp_path / "out", "--backend", "onnxruntime")
+    assert r.code == 3 and "unknown backend" in r.err
+    try:  # full TensorRT cannot be installed here; where it is, this case does not apply
+        import tensorrt  # noqa: F401
+    except ImportError:
+        r = run_bundle("create", SAMPLE, "--name", "s", "--version", "1.0.0", "--target", "sm_86", "--shape", SHAPE,
+                       "--key", keys["release"]["key"], "--out", tmp_path / "out", "--backend", "tensorrt")
+        assert r.code == 5 and "module tensorrt does not import" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_build_out_dir_exists(tmp_path):
+    (tmp_path / "b").mkdir()
+    r = run_bundle("build", SAMPLE, "--name", "s", "--version", "1.0.0", "--target", "sm_86", "--shape", SHAPE,
+                   "--out", tmp_path / "b", "--backend", "tensorrt-rtx")
+    assert r.code == 6 and "already exists" in r.err
+
+
+def test_verify_bad_requests(tmp_path, tiny_bundle, keys):
+    r = run_bundle("verify", tiny_bundle)
+    assert r.code == 3 and "--trust" in r.err
+    r = run_bundle("verify", tmp_path / "nope.tar", "--trust", keys["release"]["pub"], "--json")
+    assert r.code == 3 and r.json()["error"]["class"] == "input"
+    r = run_bundle("verify", tiny_bundle, "--trust", tmp_path / "nokey.pub")
+    assert r.code == 4
+    notatar = tmp_path / "x.tar"
+    notatar.write_bytes(b"hello world" * 100)
+    r = run_bundle("verify", notatar, "--trust", keys["release"]["pub"], "--json")
+    assert r.code == 10 and r.json()["error"]["class"] == "archive"
+
+
+def test_usage_error_exit_code():
+    r = run_bundle("create")
+    assert r.code == 2
