@@ -1,0 +1,166 @@
+"""The build stage: one engine per target, written into a build directory with its records.
+
+A build directory is the hand-off between `bundle build` and `bundle seal`. Under full TensorRT
+each GPU architecture needs its own build host, so a fleet build is several `bundle build` runs on
+several hosts and one `seal` that merges their directories. The directory holds::
+
+    build.json                      # BuildRecord: model info + one EngineRecord per engine
+    model/<model>.onnx              # the source model, byte for byte
+    engines/<stem>.engine           # one per target
+    engines/<stem>.log              # the builder's log for that engine
+
+Backends sit behind the `Backend` protocol (Polygraphy's pattern): `TensorRTBackend` drives both
+full TensorRT and TensorRT-RTX, whose Python APIs differ only in a few places.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Protocol, Sequence
+
+from ..errors import BuildError, InputError, OutputError
+from ..manifest import BuildRecord, EngineRecord, ModelInfo, ShapeRange, to_json
+from ..model import ShapeSpec, load_model, resolve_profile, safe_stem, shape_token
+from ..targets import Target, parse_target
+
+BUILD_RECORD = "build.json"
+
+
+@dataclass
+class BuildRequest:
+    """Everything `build` needs; the CLI flags map one to one onto these fields."""
+
+    model: Path
+    name: str
+    version: str
+    targets: List[str]
+    shapes: List[ShapeSpec] = field(default_factory=list)
+    workspace: Optional[int] = None
+    backend: str = "auto"
+
+
+class Backend(Protocol):
+    """One way of turning an ONNX file into engines."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def resolve(self, target: Target) -> Target:
+        """Return the target with its compute capability filled in, or raise `BuildError`
+        when this backend cannot build for it. Called for every target before any build."""
+        ...
+
+    def build(
+        self,
+        model_path: Path,
+        model: ModelInfo,
+        target: Target,
+        profile: Dict[str, ShapeRange],
+        workspace: Optional[int],
+        engine_path: Path,
+        log_path: Path,
+    ) -> EngineRecord: ...
+
+
+def select_backend(name: str) -> Backend:
+    from .tensorrt import TensorRTBackend, import_runtime
+
+    if name not in ("auto", "tensorrt", "tensorrt-rtx"):
+        raise InputError(f"unknown backend {name!r}: use auto, tensorrt or tensorrt-rtx")
+    if name == "auto":
+        from ..cuda import query_gpus
+
+        full = import_runtime("tensorrt")
+        if full is not None and query_gpus():
+            return TensorRTBackend(full, "tensorrt")
+        rtx = import_runtime("tensorrt_rtx")
+        if rtx is not None:
+            return TensorRTBackend(rtx, "tensorrt-rtx")
+        if full is not None:
+            raise BuildError("full TensorRT is installed but this host has no GPU; install tensorrt-rtx-cu13 to build ahead of time")
+        raise BuildError("no TensorRT found: pip install tensorrt-rtx-cu13 (or full tensorrt on a GPU host)")
+    module = "tensorrt" if name == "tensorrt" else "tensorrt_rtx"
+    mod = import_runtime(module)
+    if mod is None:
+        hint = "pip install tensorrt-rtx-cu13" if module == "tensorrt_rtx" else "install TensorRT for this host's CUDA"
+        raise BuildError(f"backend {name} requested but module {module} does not import ({hint})")
+    return TensorRTBackend(mod, name)
+
+
+def engine_stem(model: ModelInfo, profile: Dict[str, ShapeRange], target: Target) -> str:
+    """``{model}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``."""
+    model_name = safe_stem(Path(model.path).stem)
+    return f"{model_name}_{shape_token(profile, model)}_{model.precision}_{target.label}"
+
+
+ProgressFn = Callable[[str, Target], None]
+
+
+def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None) -> BuildRecord:
+    """Check everything, then build every target into ``out_dir``, which must not exist yet.
+
+    The directory appears only when every engine has been built: work happens in a staging
+    directory beside it, so a failed or interrupted build never leaves a half-filled build dir
+    under its final name.
+    """
+    from ..versioning import check_version
+
+    check_version(request.version)
+    _check_name(request.name)
+    if not request.targets:
+        raise InputError("give at least one --target")
+    targets = [parse_target(t) for t in request.targets]
+    model = load_model(request.model)
+    profile = resolve_profile(model, request.shapes)
+    backend = select_backend(request.backend)
+    resolved = [backend.resolve(t) for t in targets]
+    labels = [t.label for t in resolved]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise InputError(f"target given twice: {', '.join(dupes)}")
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        (staging / "model").mkdir()
+        (staging / "engines").mkdir()
+        shutil.copyfile(request.model, staging / model.path)
+        records = []
+        for target in resolved:
+            if progress:
+                progress("build", target)
+            stem = engine_stem(model, profile, target)
+            rec = backend.build(
+                request.model,
+                model,
+                target,
+                profile,
+                request.workspace,
+                staging / "engines" / f"{stem}.engine",
+                staging / "engines" / f"{stem}.log",
+            )
+            records.append(rec)
+        record = BuildRecord(name=request.name, version=request.version, model=model, engines=records)
+        (staging / BUILD_RECORD).write_bytes(to_json(record))
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._]*(-[A-Za-z0-9._]+)*", name) or len(name) > 100:
+        raise InputError(
+            f"bundle name {name!r}: use letters, digits, '.', '_' and inner '-' (at most 100 characters)"
+        )
