@@ -122,9 +122,12 @@ def keys_id(pub: Path = typer.Argument(..., help="A public key PEM.")) -> None:
 # -- build / seal / create --------------------------------------------------------------------
 
 _SHAPE_HELP = "INPUT:MIN:OPT:MAX or INPUT:SHAPE, dims like 1x3x640x640 (repeatable)."
+_GOLDEN_HELP = "Store sample inputs and CPU reference outputs for the loader's selftest."
+_SAMPLE_HELP = ".npz with one array per model input (default: random data at the opt shapes)."
 
 
-def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str], backend: str):  # noqa: ANN202
+def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
+             backend: str, golden: bool, sample_input: Optional[Path]):  # noqa: ANN202
     from .build import BuildRequest
     from .model import parse_shape, parse_size
 
@@ -136,6 +139,8 @@ def _request(model: Path, name: str, version: str, target: List[str], shape: Lis
         shapes=[parse_shape(s) for s in shape],
         workspace=parse_size(workspace) if workspace else None,
         backend=backend,
+        golden=golden,
+        sample_input=sample_input,
     )
 
 
@@ -144,14 +149,18 @@ def _engine_table(engines, title: str) -> Table:  # noqa: ANN001
     for col in ("target", "cc", "engine", "size", "backend", "header", "build s"):
         t.add_column(col)
     for e in engines:
-        hdr = f"{e.header.product} {e.header.version}" + (f" cc {','.join(e.header.cc)}" if e.header.cc else "")
+        if e.header is None:
+            hdr = "onnx (cpu target)"
+        else:
+            hdr = f"{e.header.product} {e.header.version}" + (f" cc {','.join(e.header.cc)}" if e.header.cc else "")
         t.add_row(e.target.label, e.target.cc or "-", e.path.split("/")[-1], f"{e.size:,}",
                   f"{e.backend.name} {e.backend.version}", hdr, f"{e.duration_s:.2f}")
     return t
 
 
 def _progress(stage: str, target) -> None:  # noqa: ANN001
-    _err().print(f"[dim]building {target.label} ({target.cc_str or 'local GPU'})…[/]")
+    where = "onnxruntime" if target.is_cpu else (target.cc_str or "local GPU")
+    _err().print(f"[dim]building {target.label} ({where})…[/]")
 
 
 @app.command("build")
@@ -159,17 +168,20 @@ def build_cmd(
     model: Path = typer.Argument(..., help="The source ONNX model."),
     name: str = typer.Option(..., "--name", help="Bundle name."),
     version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …) or local (repeatable)."),
+    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Build directory to create (must not exist)."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
+    golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
+    sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
     from .build import build
 
     def go() -> None:
-        rec = build(_request(model, name, version, target, shape, workspace, backend), out, progress=_progress)
+        req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
+        rec = build(req, out, progress=_progress)
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
 
     _run(False, go)
@@ -200,18 +212,20 @@ def create_cmd(
     model: Path = typer.Argument(..., help="The source ONNX model."),
     name: str = typer.Option(..., "--name", help="Bundle name."),
     version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …) or local (repeatable)."),
+    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
     key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
+    golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
+    sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
     from .api import create
 
     def go() -> None:
-        request = _request(model, name, version, target, shape, workspace, backend)
+        request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
         _print_seal(create(request, signing_key, out, progress=_progress))
 
@@ -244,12 +258,13 @@ def _print_report(rep) -> None:  # noqa: ANN001
         for col in ("engine", "target", "cc", "header", "runs here"):
             t.add_column(col)
         for e in rep.engines:
-            hdr = "-" if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
+            hdr = ("onnx (cpu)" if e.backend == "onnxruntime" else "-") if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
             runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")
             t.add_row(e.path.split("/")[-1], e.target, e.cc or "-", hdr, runs)
         c.print(t)
-    if rep.host is not None and not rep.host.gpus:
-        c.print("host:    no GPU found; the bundle is authentic, but no engine can run on this host")
+    if rep.host is not None and not rep.host.runnable:
+        why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
+        c.print(f"host:    {why}; the bundle is authentic, but none of its engines can run here")
 
 
 def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path]) -> None:
@@ -342,7 +357,7 @@ def _print_inspect(rep) -> None:  # noqa: ANN001
         t.add_column(col)
     for e in m.get("engines", []):
         h = rep.engine_headers.get(e["path"])
-        hdr = "unreadable" if h is None else f"{h.product} {h.version}" + (f" cc {','.join(h.cc)}" if h.cc else "")
+        hdr = "onnx (cpu target)" if e.get("header") is None and h is None else "unreadable" if h is None else f"{h.product} {h.version}" + (f" cc {','.join(h.cc)}" if h.cc else "")
         t.add_row(e["path"].split("/")[-1], e["target"]["label"], e["target"].get("cc") or "-",
                   f"{e['backend']['name']} {e['backend']['version']}", hdr)
     c.print(t)

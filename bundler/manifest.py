@@ -93,10 +93,27 @@ class EngineRecord:
     target: TargetInfo
     backend: BackendInfo
     build: BuildSettings
-    header: EngineHeader
+    header: Optional[EngineHeader]  # None for the cpu target, whose "engine" is an ONNX file
     host: str
     started: str
     duration_s: float
+
+
+@dataclass
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+@dataclass
+class GoldenInfo:
+    """Sample inputs and CPU reference outputs for the loader's selftest."""
+
+    inputs: str  # bundle-relative path of the inputs .npz
+    outputs: str
+    reference: str  # what computed the outputs, e.g. "onnxruntime 1.32.0 CPUExecutionProvider"
+    source: str  # "random (seed 0, opt shapes)" or "sample-input"
+    tolerances: Dict[str, Tolerance]  # by precision
 
 
 @dataclass
@@ -114,6 +131,7 @@ class BuildRecord:
     version: str
     model: ModelInfo
     engines: List[EngineRecord]
+    golden: Optional[GoldenInfo] = None
     format: str = BUILD_FORMAT_VERSION
 
 
@@ -125,6 +143,7 @@ class Manifest:
     model: ModelInfo
     engines: List[EngineRecord]
     files: List[FileEntry]  # every member but signatures/, manifest.json and SHA256SUMS
+    golden: Optional[GoldenInfo] = None
     tool: Dict[str, str] = field(default_factory=dict)
     format: str = FORMAT_VERSION
 

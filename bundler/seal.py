@@ -108,6 +108,23 @@ def _collect(build_dirs: Sequence[Path]) -> Tuple[BuildRecord, List[Tuple[Path, 
     return first, engines, first_dir
 
 
+def _golden_payloads(build_dirs: Sequence[Path], record: BuildRecord) -> List[_Payload]:
+    """The golden .npz files of the first build dir that has them; the others must agree."""
+    if record.golden is None:
+        return []
+    first = Path(build_dirs[0])
+    out = []
+    for rel in (record.golden.inputs, record.golden.outputs):
+        digest, size = sha256_file(first / rel)
+        out.append(_Payload(first / rel, FileEntry(rel, size, digest)))
+    inputs_digest = out[0].entry.sha256
+    for d in build_dirs[1:]:
+        p = Path(d) / record.golden.inputs
+        if p.is_file() and sha256_file(p)[0] != inputs_digest:
+            raise InputError(f"{d} has other golden inputs than {first} (different --shape or --sample-input)")
+    return out
+
+
 def _check_engine_file(src: Path, rec: EngineRecord) -> None:
     try:
         size = src.stat().st_size
@@ -115,6 +132,8 @@ def _check_engine_file(src: Path, rec: EngineRecord) -> None:
         raise InputError(f"{src}: engine listed in {BUILD_RECORD} is missing") from None
     if size != rec.size:
         raise InputError(f"{src}: is {size} bytes but {BUILD_RECORD} records {rec.size}; the build dir changed")
+    if rec.header is None:  # the cpu target's ONNX file has no engine header
+        return
     with open(src, "rb") as f:
         head = f.read(64)
     try:
@@ -154,6 +173,7 @@ def seal(
     if not model_src.is_file() or model_src.stat().st_size != record.model.size:
         raise InputError(f"{model_src}: source model missing or changed since the build")
     payloads.append(_Payload(model_src, FileEntry(record.model.path, record.model.size, record.model.sha256)))
+    payloads += _golden_payloads(build_dirs, record)
     runtime = [
         (f"{RUNTIME_DIR}/{n}", data, mode) for n, data, mode in runtime_files()
     ]
@@ -172,6 +192,7 @@ def seal(
         model=record.model,
         engines=[e for _, e in sorted(engines, key=lambda x: x[1].path)],
         files=[p.entry for p in payloads] + runtime_entries,
+        golden=record.golden,
         tool={"name": "trt-bundler", "version": __version__},
     )
     manifest_bytes = to_json(manifest)

@@ -50,6 +50,10 @@ class Target:
     gpu: Optional[str] = None  # the GPU name when the user gave one
 
     @property
+    def is_cpu(self) -> bool:
+        return self.label == "cpu"
+
+    @property
     def sm(self) -> str:
         if self.cc is None:
             return "local"
@@ -68,6 +72,8 @@ def parse_target(text: str) -> Target:
     t = text.strip().lower()
     if t == "local":
         return Target("local", None)
+    if t == "cpu":
+        return Target("cpu", None)
     if t in GPU_TABLE:
         return Target(t, GPU_TABLE[t], gpu=t)
     m = _DOT_RE.match(t) or _SM_RE.match(t)
@@ -76,7 +82,7 @@ def parse_target(text: str) -> Target:
         return Target(f"sm{cc[0]}{cc[1]}", cc)
     known = ", ".join(sorted(GPU_TABLE))
     raise InputError(
-        f"unknown target {text!r}: use a compute capability (sm_86 or 8.6), 'local', or one of: {known}"
+        f"unknown target {text!r}: use a compute capability (sm_86 or 8.6), 'local', 'cpu', or one of: {known}"
     )
 
 

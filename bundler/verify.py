@@ -173,25 +173,39 @@ class _ExtractSink(_Sink):
             fd = nfd
         return fd
 
+    def _failed(self, rel: str, e: OSError) -> OutputError:
+        # A write error is about this host (disk full, name too long for this filesystem), not
+        # the bundle: OUTPUT, never the ARCHIVE "read error" that _run makes of a bare OSError.
+        return OutputError(f"{self.dest}: cannot write {rel or '.'}: {e.strerror or e}")
+
     def mkdir(self, rel: str) -> None:
         if rel:
-            os.close(self._dir_fd(rel.split("/")))
+            try:
+                os.close(self._dir_fd(rel.split("/")))
+            except OSError as e:
+                raise self._failed(rel, e) from None
 
     def begin(self, rel: str, mode: int) -> None:
         parts = rel.split("/")
-        dfd = self._dir_fd(parts[:-1])
         try:
-            perm = 0o755 if mode & 0o111 else 0o644
-            self._fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, perm, dir_fd=dfd)
-            os.fchmod(self._fd, perm)
-        finally:
-            os.close(dfd)
+            dfd = self._dir_fd(parts[:-1])
+            try:
+                perm = 0o755 if mode & 0o111 else 0o644
+                self._fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, perm, dir_fd=dfd)
+                os.fchmod(self._fd, perm)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise self._failed(rel, e) from None
 
     def write(self, chunk: memoryview) -> None:
         assert self._fd is not None
-        while chunk:
-            n = os.write(self._fd, chunk)
-            chunk = chunk[n:]
+        try:
+            while chunk:
+                n = os.write(self._fd, chunk)
+                chunk = chunk[n:]
+        except OSError as e:
+            raise self._failed("a member", e) from None
 
     def end(self) -> None:
         if self._fd is not None:
@@ -394,7 +408,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
         h = hashlib.sha256()
         keep: Optional[bytearray] = bytearray() if rel in (MANIFEST, SHA256SUMS) else None
         head = bytearray()
-        want_head = rel.endswith(".engine")
+        want_head = rel.startswith("engines/") and not rel.endswith(".log")
 
         def consume(chunk: memoryview) -> None:
             h.update(chunk)
@@ -441,7 +455,10 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
 def _check_signatures(sig_files: List[tuple], trusted: Dict[str, TrustedKey], report: VerifyReport) -> Statement:
     statements: List[Statement] = []
     for full, rel, raw in sig_files:
-        sf = parse_signature_file(raw, full)
+        try:
+            sf = parse_signature_file(raw, full)
+        except RecursionError:  # json.loads on hostile nesting ("[[[[…"): unparsable, not a crash
+            raise SignatureError(f"{full}: not a model-signing signature file (nested too deeply)", member=full) from None
         candidates = [trusted[sf.hint]] if sf.hint in trusted else ([] if sf.hint else list(trusted.values()))
         sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None)
         report.signers.append(sr)
@@ -511,6 +528,18 @@ def _check_manifest_semantics(st: _State) -> None:
     for er in st.report.engines:
         rec = by_path[er.path]
         member = f"{root}/{er.path}"
+        if rec.header is None:
+            # Only the cpu target ships without an engine header; anything else claiming that is
+            # a way around the header cross-check, and so is a TensorRT engine labelled as cpu.
+            is_engine = True
+            try:
+                parse_header(st.engine_heads.get(er.path, b""))
+            except HeaderError:
+                is_engine = False
+            if rec.backend.name != "onnxruntime" or rec.target.label != "cpu" or is_engine:
+                er.header_ok = False
+                raise BindingError(f"{member}: manifest records no engine header, but this is not a cpu-target ONNX file", member=member)
+            continue
         try:
             header = parse_header(st.engine_heads.get(er.path, b""), rec.size)
         except HeaderError as e:
@@ -547,7 +576,8 @@ def installed_runtimes() -> Dict[str, str]:
     from importlib import metadata, util
 
     found: Dict[str, str] = {}
-    for module, product in (("tensorrt_rtx", "tensorrt-rtx"), ("tensorrt", "tensorrt"), ("tensorrt_lean", "tensorrt")):
+    for module, product in (("tensorrt_rtx", "tensorrt-rtx"), ("tensorrt", "tensorrt"), ("tensorrt_lean", "tensorrt"),
+                            ("onnxruntime", "onnxruntime")):
         if util.find_spec(module) is None:
             continue
         for dist in metadata.packages_distributions().get(module, []):
@@ -572,6 +602,13 @@ def host_report(manifest: Optional[Manifest], engines: List[EngineReport], requi
         product = header.product if header else er.backend
         version = header.version if header else er.backend_version
         ccs = (header.cc if header and header.cc is not None else ([er.cc] if er.cc else []))
+        if er.backend == "onnxruntime":
+            ort = runtimes.get("onnxruntime")
+            er.runnable_here = ort is not None
+            er.reason = f"onnxruntime {ort} on the CPU" if ort else "no onnxruntime installed"
+            if ort:
+                rep.runnable.append(er.path)
+            continue
         rt = runtimes.get(product)
         if rt is None:
             er.runnable_here, er.reason = False, f"no {product} runtime installed"

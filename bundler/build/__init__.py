@@ -6,8 +6,9 @@ several hosts and one `seal` that merges their directories. The directory holds:
 
     build.json                      # BuildRecord: model info + one EngineRecord per engine
     model/<model>.onnx              # the source model, byte for byte
-    engines/<stem>.engine           # one per target
+    engines/<stem>.engine           # one per GPU target (<stem>.onnx for the cpu target)
     engines/<stem>.log              # the builder's log for that engine
+    golden/inputs.npz, outputs.npz  # sample inputs and CPU reference outputs (see golden.py)
 
 Backends sit behind the `Backend` protocol (Polygraphy's pattern): `TensorRTBackend` drives both
 full TensorRT and TensorRT-RTX, whose Python APIs differ only in a few places.
@@ -41,12 +42,15 @@ class BuildRequest:
     shapes: List[ShapeSpec] = field(default_factory=list)
     workspace: Optional[int] = None
     backend: str = "auto"
+    golden: bool = True  # store sample inputs and CPU reference outputs for the loader's selftest
+    sample_input: Optional[Path] = None  # .npz with one array per input; random data otherwise
 
 
 class Backend(Protocol):
     """One way of turning an ONNX file into engines."""
 
     name: str
+    extension: str  # of the engine file: ".engine", or ".onnx" for the cpu target
 
     def version(self) -> str: ...
 
@@ -117,13 +121,28 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
     targets = [parse_target(t) for t in request.targets]
     model = load_model(request.model)
     profile = resolve_profile(model, request.shapes)
-    backend = select_backend(request.backend)
-    resolved = [backend.resolve(t) for t in targets]
+    gpu_backend = select_backend(request.backend) if any(not t.is_cpu for t in targets) else None
+    cpu_backend = None
+    if any(t.is_cpu for t in targets):
+        from .onnxruntime import OnnxRuntimeBackend
+
+        cpu_backend = OnnxRuntimeBackend()
+    plan = []
+    for t in targets:
+        backend = cpu_backend if t.is_cpu else gpu_backend
+        assert backend is not None
+        plan.append((backend, backend.resolve(t)))
+    resolved = [t for _, t in plan]
     labels = [t.label for t in resolved]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise InputError(f"target given twice: {', '.join(dupes)}")
 
+    golden = None
+    if request.golden:
+        from ..golden import make_golden
+
+        golden = make_golden(request.model, model, profile, request.sample_input)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
@@ -133,8 +152,16 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
         (staging / "model").mkdir()
         (staging / "engines").mkdir()
         shutil.copyfile(request.model, staging / model.path)
+        golden_info = None
+        if golden is not None:
+            from ..golden import INPUTS_NPZ, OUTPUTS_NPZ, golden_info as _info, write_npz
+
+            (staging / "golden").mkdir()
+            write_npz(staging / INPUTS_NPZ, golden.inputs)
+            write_npz(staging / OUTPUTS_NPZ, golden.outputs)
+            golden_info = _info(golden, request.sample_input, 0)
         records = []
-        for target in resolved:
+        for backend, target in plan:
             if progress:
                 progress("build", target)
             stem = engine_stem(model, profile, target)
@@ -144,11 +171,13 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
                 target,
                 profile,
                 request.workspace,
-                staging / "engines" / f"{stem}.engine",
+                staging / "engines" / f"{stem}{backend.extension}",
                 staging / "engines" / f"{stem}.log",
             )
             records.append(rec)
-        record = BuildRecord(name=request.name, version=request.version, model=model, engines=records)
+        record = BuildRecord(
+            name=request.name, version=request.version, model=model, engines=records, golden=golden_info
+        )
         (staging / BUILD_RECORD).write_bytes(to_json(record))
         os.rename(staging, out_dir)
     except BaseException:

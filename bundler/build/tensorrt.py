@@ -53,6 +53,8 @@ def _cuda_major_from_distribution(module: str) -> Optional[str]:
 
 
 class TensorRTBackend:
+    extension = ".engine"
+
     def __init__(self, trt: ModuleType, name: str) -> None:
         self.trt = trt
         self.name = name
@@ -80,6 +82,8 @@ class TensorRTBackend:
         return value
 
     def resolve(self, target: Target) -> Target:
+        if target.is_cpu:
+            raise BuildError("target cpu is built by onnxruntime, not TensorRT")
         if self.is_rtx:
             if target.cc is None:
                 raise BuildError("target local needs full TensorRT and a GPU on this host; TensorRT-RTX builds ahead of time for named targets only")
