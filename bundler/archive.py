@@ -13,6 +13,7 @@ Neither side trusts anything: the reader's caller decides what a member means.
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional, Set
@@ -147,16 +148,19 @@ class _CountingReader:
         return bytes(buf)
 
 
+_OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*$")
+_DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)$")
+
+
 def _octal(field: bytes, what: str, offset: int) -> int:
+    """A ustar numeric field: octal digits, optionally space-led and NUL/space-terminated. Nothing
+    else (no '0o' prefix, no sign, no base-256): two parsers must never read different numbers."""
     if field and field[0] & 0x80:
         raise ArchiveError(f"header at byte {offset}: base-256 {what} is not allowed (use PAX)")
-    text = field.rstrip(b"\0 ").lstrip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise ArchiveError(f"header at byte {offset}: {what} field is not octal") from None
+    m = _OCTAL_RE.match(field)
+    if not m:
+        raise ArchiveError(f"header at byte {offset}: {what} field is not octal")
+    return int(m.group(1), 8) if m.group(1) else 0
 
 
 def check_name(name: str, limits: Limits, offset: int) -> None:
@@ -234,6 +238,8 @@ class StrictTarReader:
             offset = self._r.pos
             block = self._r.read_exact(BLOCK, "a member header")
             if block.count(0) == BLOCK:
+                if pax is not None:
+                    raise ArchiveError(f"a PAX header with no member after it, at byte {offset}")
                 self._finish(offset)
                 return None
             hdr = self._parse_header(block, offset)
@@ -255,12 +261,11 @@ class StrictTarReader:
             if "path" in pax:
                 name = pax["path"]
             if "size" in pax:
-                try:
-                    size = int(pax["size"])
-                except ValueError:
-                    raise ArchiveError(f"PAX size at byte {offset} is not a number") from None
-                if size < 0:
-                    raise ArchiveError(f"PAX size at byte {offset} is negative")
+                if not _DECIMAL_RE.match(pax["size"]):
+                    raise ArchiveError(f"PAX size at byte {offset} is not a plain decimal number")
+                size = int(pax["size"])
+            if "mtime" in pax and not re.match(r"^-?[0-9]+(\.[0-9]+)?$", pax["mtime"]):
+                raise ArchiveError(f"PAX mtime at byte {offset} is not a number")
         if typeflag in (b"0", b"\0", b"7"):
             if typeflag == b"7":
                 raise UnsafeMemberError(f"{name}: contiguous-file member type is not allowed", member=name)
@@ -332,10 +337,9 @@ class StrictTarReader:
             sp = raw.find(b" ", pos)
             if sp < 0:
                 raise ArchiveError(f"malformed PAX record at byte {offset}")
-            try:
-                length = int(raw[pos:sp])
-            except ValueError:
-                raise ArchiveError(f"malformed PAX record length at byte {offset}") from None
+            if not re.match(rb"^[1-9][0-9]*$", raw[pos:sp]):
+                raise ArchiveError(f"malformed PAX record length at byte {offset}")
+            length = int(raw[pos:sp])
             if length <= 0 or pos + length > len(raw):
                 raise ArchiveError(f"malformed PAX record length at byte {offset}")
             record = raw[sp + 1 : pos + length]

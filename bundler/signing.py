@@ -240,6 +240,8 @@ def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
         hint = ((doc.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint")
         payload = base64.b64decode(env["payload"], validate=True)
         sig = base64.b64decode(sigs[0]["sig"], validate=True)
+    except RecursionError:  # hostile nesting ("[[[[…") is unparsable, not a crash
+        raise SignatureError(f"{where}: not a model-signing signature file (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise SignatureError(f"{where}: not a model-signing signature file ({e})", member=where) from None
     if hint is not None and not isinstance(hint, str):
@@ -284,6 +286,8 @@ def parse_statement(payload: bytes, where: str) -> Statement:
                 raise ValueError(f"resource {name!r} listed twice")
             resources[name] = digest.lower()
         ignore = tuple(str(p) for p in ser.get("ignore_paths", []))
+    except RecursionError:
+        raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
         raise SignatureError(f"{where}: signed statement is malformed ({e})", member=where) from None
     if subject_digest(resources) != root:

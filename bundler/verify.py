@@ -212,18 +212,20 @@ class _ExtractSink(_Sink):
             os.close(self._fd)
             self._fd = None
 
+    def _close_root(self) -> None:
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1  # never close a number twice: another file may hold it by then
+
     def commit(self) -> None:
         self.end()
         os.fchmod(self._root_fd, 0o755)  # mkdtemp made it 0700
-        os.close(self._root_fd)
+        self._close_root()
         _rename_noreplace(self.staging, self.dest)
 
     def abort(self) -> None:
         self.end()
-        try:
-            os.close(self._root_fd)
-        except OSError:
-            pass
+        self._close_root()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -447,18 +449,16 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
     if missing:
         raise MembersError(f"{root}/{missing[0]}: signed member missing from the bundle" +
                            (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), member=f"{root}/{missing[0]}")
+    members = set(signed) | {rel for _, rel, _ in sig_files}
     for d in st.dirs:
-        if d and not any(p.startswith(d + "/") for p in signed):
+        if d and not any(p.startswith(d + "/") for p in members):
             raise MembersError(f"{root}/{d}/: directory member that holds no signed file", member=f"{root}/{d}")
 
 
 def _check_signatures(sig_files: List[tuple], trusted: Dict[str, TrustedKey], report: VerifyReport) -> Statement:
     statements: List[Statement] = []
     for full, rel, raw in sig_files:
-        try:
-            sf = parse_signature_file(raw, full)
-        except RecursionError:  # json.loads on hostile nesting ("[[[[…"): unparsable, not a crash
-            raise SignatureError(f"{full}: not a model-signing signature file (nested too deeply)", member=full) from None
+        sf = parse_signature_file(raw, full)
         candidates = [trusted[sf.hint]] if sf.hint in trusted else ([] if sf.hint else list(trusted.values()))
         sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None)
         report.signers.append(sr)
