@@ -372,6 +372,47 @@ def _print_inspect(rep) -> None:  # noqa: ANN001
         c.print(f"note: {n}")
 
 
+@app.command("verifier")
+def verifier_cmd(
+    print_digest: bool = typer.Option(False, "--print-digest", help="Print the SHA-256 of the standalone verifier."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the standalone verifier to this new file."),
+) -> None:
+    """The stdlib-only verifier (runtime/verify.py): its digest, or a standalone copy for a closed host."""
+    from .runtime import verifier_bytes, write_verifier
+
+    def go() -> None:
+        data = verifier_bytes()
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        if out is not None:
+            write_verifier(out)
+            _err().print(f"wrote {out}; check on the closed host: sha256sum {out.name} must print {digest}")
+        if print_digest or out is None:
+            print(digest)
+
+    _run(False, go)
+
+
+@app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run_cmd(
+    ctx: typer.Context,
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file or an extracted bundle directory."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+) -> None:
+    """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
+    from .runtime import run_loader
+
+    def go() -> None:
+        code = run_loader(bundle, _trust(trust), list(trust), ctx.args)
+        raise typer.Exit(code)
+
+    _run(False, go)
+
+
 def _version_cb(value: bool) -> None:
     if value:
         print(f"trt-bundler {__version__}")

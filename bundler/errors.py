@@ -103,3 +103,12 @@ class BindingError(VerificationError):
 
 class HostError(VerificationError):
     code = ExitCode.HOST
+
+
+def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
+    """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
+    for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
+                BindingError, HostError, InputError, KeyFileError, BuildError, OutputError, UsageError):
+        if int(cls.code) == int(code):
+            return cls(message, member=member)
+    return BundleError(message, member=member)

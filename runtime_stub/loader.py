@@ -1,0 +1,776 @@
+#!/usr/bin/env python3
+"""Minimal loader: run this bundle's engine on a closed host with the TensorRT runtime alone.
+
+Needs only Python >= 3.8, numpy, and whichever runtime is present: `tensorrt_rtx`, `tensorrt` or
+`tensorrt_lean` for GPU engines, `onnxruntime` for the cpu target. CUDA is reached through ctypes
+to the driver library (libcuda.so.1, present wherever the NVIDIA driver is), so there is no
+PyTorch, pycuda or cuda-python to install on the closed host.
+
+    python3 runtime/loader.py info     --trust KEY.pub
+    python3 runtime/loader.py selftest --trust KEY.pub
+    python3 runtime/loader.py run      --trust KEY.pub --input x=x.npy --output out.npz
+    python3 runtime/loader.py bench    --trust KEY.pub --iterations 200 --json
+
+Before loading anything the bundle is verified with a stdlib-only verifier (``--verifier``, by
+default ``runtime/verify.py`` beside this file; operators should point it at the standalone copy
+they installed and checked once). Without trust it refuses, unless ``--no-verify`` is given.
+``BUNDLE_TRUST`` names the default trusted key.
+
+Exit codes: 0 ok; 2 usage; 3 bad input (files, names, dtypes, shapes); 10-16 verification
+failures (as `bundle verify`); 20 no engine in the bundle fits this host; 21 selftest outside
+tolerance; 22 runtime or CUDA failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_NO_ENGINE = 20
+EXIT_SELFTEST = 21
+EXIT_RUNTIME = 22
+
+
+class LoaderError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- CUDA through the driver API ------------------------------------------------------------------
+
+class CudaError(LoaderError):
+    def __init__(self, what: str, status: int) -> None:
+        super().__init__("CUDA call %s failed with error %d" % (what, status), EXIT_RUNTIME)
+
+
+class Cuda:
+    """The few CUDA driver calls the loader needs, through ctypes.
+
+    TensorRT uses the CUDA runtime, which runs on the device's primary context; retaining that
+    same context here means our allocations and streams are the ones TensorRT sees.
+    """
+
+    CU_DEVICE_ATTRIBUTE_CC_MAJOR = 75
+    CU_DEVICE_ATTRIBUTE_CC_MINOR = 76
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.ctx = None
+        self.device = None
+        lib.cuDeviceGetName.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+        lib.cuDeviceTotalMem_v2.argtypes = [ctypes.POINTER(ctypes.c_size_t), ctypes.c_int]
+        lib.cuDevicePrimaryCtxRetain.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+        lib.cuCtxSetCurrent.argtypes = [ctypes.c_void_p]
+        lib.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+        lib.cuMemFree_v2.argtypes = [ctypes.c_uint64]
+        lib.cuMemHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
+        lib.cuMemFreeHost.argtypes = [ctypes.c_void_p]
+        lib.cuMemcpyHtoDAsync_v2.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        lib.cuMemcpyDtoHAsync_v2.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
+        lib.cuStreamCreate.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint]
+        lib.cuStreamSynchronize.argtypes = [ctypes.c_void_p]
+        lib.cuStreamDestroy_v2.argtypes = [ctypes.c_void_p]
+        lib.cuStreamBeginCapture_v2.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.cuStreamEndCapture.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        lib.cuGraphInstantiateWithFlags.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_ulonglong]
+        lib.cuGraphLaunch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.cuGraphExecDestroy.argtypes = [ctypes.c_void_p]
+        lib.cuGraphDestroy.argtypes = [ctypes.c_void_p]
+
+    @classmethod
+    def load(cls) -> "Optional[Cuda]":
+        for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"):
+            if not name:
+                continue
+            try:
+                lib = ctypes.CDLL(name)
+            except OSError:
+                continue
+            if lib.cuInit(0) != 0:
+                return None
+            return cls(lib)
+        return None
+
+    def check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise CudaError(what, status)
+
+    def driver_version(self) -> str:
+        v = ctypes.c_int(0)
+        self.check(self.lib.cuDriverGetVersion(ctypes.byref(v)), "cuDriverGetVersion")
+        return "%d.%d" % (v.value // 1000, (v.value % 1000) // 10)
+
+    def devices(self) -> List[Dict[str, Any]]:
+        count = ctypes.c_int(0)
+        self.check(self.lib.cuDeviceGetCount(ctypes.byref(count)), "cuDeviceGetCount")
+        out = []
+        for i in range(count.value):
+            dev = ctypes.c_int(0)
+            self.check(self.lib.cuDeviceGet(ctypes.byref(dev), i), "cuDeviceGet")
+            name = ctypes.create_string_buffer(256)
+            self.check(self.lib.cuDeviceGetName(name, 256, dev.value), "cuDeviceGetName")
+            major, minor = ctypes.c_int(0), ctypes.c_int(0)
+            self.check(self.lib.cuDeviceGetAttribute(ctypes.byref(major), self.CU_DEVICE_ATTRIBUTE_CC_MAJOR, dev.value), "cuDeviceGetAttribute")
+            self.check(self.lib.cuDeviceGetAttribute(ctypes.byref(minor), self.CU_DEVICE_ATTRIBUTE_CC_MINOR, dev.value), "cuDeviceGetAttribute")
+            mem = ctypes.c_size_t(0)
+            self.check(self.lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev.value), "cuDeviceTotalMem")
+            out.append({"index": i, "name": name.value.decode(errors="replace"),
+                        "cc": "%d.%d" % (major.value, minor.value), "memory_bytes": mem.value})
+        return out
+
+    def use_device(self, index: int) -> None:
+        dev = ctypes.c_int(0)
+        self.check(self.lib.cuDeviceGet(ctypes.byref(dev), index), "cuDeviceGet")
+        ctx = ctypes.c_void_p()
+        self.check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev.value), "cuDevicePrimaryCtxRetain")
+        self.check(self.lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        self.ctx, self.device = ctx, dev.value
+
+    def malloc(self, nbytes: int) -> int:
+        p = ctypes.c_uint64(0)
+        self.check(self.lib.cuMemAlloc_v2(ctypes.byref(p), max(int(nbytes), 1)), "cuMemAlloc")
+        return p.value
+
+    def free(self, ptr: int) -> None:
+        self.check(self.lib.cuMemFree_v2(ptr), "cuMemFree")
+
+    def host_alloc(self, nbytes: int) -> int:
+        """Pinned (page-locked) host memory: async copies need it to overlap with compute."""
+        p = ctypes.c_void_p()
+        self.check(self.lib.cuMemHostAlloc(ctypes.byref(p), max(int(nbytes), 1), 0), "cuMemHostAlloc")
+        return p.value or 0
+
+    def host_free(self, ptr: int) -> None:
+        self.check(self.lib.cuMemFreeHost(ptr), "cuMemFreeHost")
+
+    def stream(self) -> int:
+        s = ctypes.c_void_p()
+        self.check(self.lib.cuStreamCreate(ctypes.byref(s), 0), "cuStreamCreate")
+        return s.value or 0
+
+    def stream_destroy(self, s: int) -> None:
+        self.check(self.lib.cuStreamDestroy_v2(s), "cuStreamDestroy")
+
+    def sync(self, s: int) -> None:
+        self.check(self.lib.cuStreamSynchronize(s), "cuStreamSynchronize")
+
+    def htod(self, dst: int, src: int, nbytes: int, s: int) -> None:
+        self.check(self.lib.cuMemcpyHtoDAsync_v2(dst, src, nbytes, s), "cuMemcpyHtoDAsync")
+
+    def dtoh(self, dst: int, src: int, nbytes: int, s: int) -> None:
+        self.check(self.lib.cuMemcpyDtoHAsync_v2(dst, src, nbytes, s), "cuMemcpyDtoHAsync")
+
+    def begin_capture(self, s: int) -> None:
+        self.check(self.lib.cuStreamBeginCapture_v2(s, 2), "cuStreamBeginCapture")  # relaxed mode
+
+    def end_capture(self, s: int) -> int:
+        g = ctypes.c_void_p()
+        self.check(self.lib.cuStreamEndCapture(s, ctypes.byref(g)), "cuStreamEndCapture")
+        exe = ctypes.c_void_p()
+        try:
+            self.check(self.lib.cuGraphInstantiateWithFlags(ctypes.byref(exe), g, 0), "cuGraphInstantiate")
+        finally:
+            self.lib.cuGraphDestroy(g)
+        return exe.value or 0
+
+    def graph_launch(self, exe: int, s: int) -> None:
+        self.check(self.lib.cuGraphLaunch(exe, s), "cuGraphLaunch")
+
+    def roundtrip_check(self, nbytes: int = 1 << 20) -> Dict[str, Any]:
+        """Allocate, copy host -> device -> host through pinned memory, compare. For `info --cuda-check`."""
+        import numpy as np
+
+        s = self.stream()
+        src, dst = self.host_alloc(nbytes), self.host_alloc(nbytes)
+        dev = self.malloc(nbytes)
+        try:
+            a = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(src))
+            b = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(dst))
+            a[:] = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+            b[:] = 0
+            t0 = time.perf_counter()
+            self.htod(dev, src, nbytes, s)
+            self.dtoh(dst, dev, nbytes, s)
+            self.sync(s)
+            dt = time.perf_counter() - t0
+            return {"bytes": nbytes, "equal": bool((a == b).all()), "seconds": dt}
+        finally:
+            self.free(dev)
+            self.host_free(src)
+            self.host_free(dst)
+            self.stream_destroy(s)
+
+
+# -- the bundle -----------------------------------------------------------------------------------
+
+def find_bundle(arg: Optional[str]) -> Path:
+    root = Path(arg) if arg else Path(__file__).resolve().parent.parent
+    if not (root / "manifest.json").is_file():
+        raise LoaderError("%s: not an extracted bundle (no manifest.json); pass --bundle DIR" % root, EXIT_INPUT)
+    return root
+
+
+def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], no_verify: bool) -> Optional[Dict[str, Any]]:
+    """Run the stdlib verifier in a child process; any failure stops the loader with its exit code."""
+    if no_verify:
+        sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle\n")
+        return None
+    if not trust:
+        env = os.environ.get("BUNDLE_TRUST")
+        trust = [env] if env else []
+    if not trust:
+        raise LoaderError("no trusted key: pass --trust KEY.pub or set BUNDLE_TRUST (or --no-verify, at your own risk)", EXIT_USAGE)
+    tool = Path(verifier) if verifier else Path(__file__).resolve().parent / "verify.py"
+    if not tool.is_file():
+        raise LoaderError("%s: verifier not found; pass --verifier PATH to the standalone verify.py" % tool, EXIT_INPUT)
+    cmd = [sys.executable, "-I", str(tool), str(root), "--json"]
+    for t in trust:
+        cmd += ["--trust", t]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        report = json.loads(p.stdout)
+    except ValueError:
+        raise LoaderError("verifier %s gave no report (exit %d): %s" % (tool, p.returncode, p.stderr.strip()[:300]), EXIT_RUNTIME)
+    if p.returncode != 0 or not report.get("ok"):
+        err = report.get("error") or {}
+        raise LoaderError("bundle failed verification [%s]: %s" % (err.get("class"), err.get("message")), p.returncode or EXIT_RUNTIME)
+    return report
+
+
+def load_manifest(root: Path) -> Dict[str, Any]:
+    with open(root / "manifest.json", "rb") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def runtime_versions() -> Dict[str, str]:
+    """Installed runtimes by product, read from package metadata (importing TensorRT is slow)."""
+    import importlib.util
+
+    try:
+        from importlib import metadata
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return {}
+    out = {}
+    candidates = {
+        "tensorrt-rtx": ("tensorrt_rtx", ["tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12"]),
+        "tensorrt": ("tensorrt", ["tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt_cu13", "tensorrt_cu12"]),
+        "tensorrt-lean": ("tensorrt_lean", ["tensorrt-lean", "tensorrt-lean-cu13", "tensorrt-lean-cu12"]),
+        "onnxruntime": ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"]),
+    }
+    for product, (module, dists) in candidates.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        for d in dists:
+            try:
+                out[product] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        else:
+            out[product] = "unknown"
+    return out
+
+
+def _version_matches(engine: str, runtime: str) -> bool:
+    a, b = engine.split("."), runtime.split(".")
+    n = min(len(a), len(b))
+    return n >= 3 and a[:n] == b[:n]
+
+
+def assess(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[str, str]) -> List[Dict[str, Any]]:
+    """For every engine: does it fit this host, and if not, why not. Best fit first."""
+    out = []
+    for e in manifest.get("engines", []):
+        backend = e["backend"]["name"]
+        header = e.get("header") or {}
+        item = {"path": e["path"], "target": e["target"]["label"], "backend": backend,
+                "version": header.get("version") or e["backend"]["version"], "fits": False, "why": "", "gpu": None}
+        if backend == "onnxruntime":
+            if "onnxruntime" in runtimes:
+                item.update(fits=True, why="cpu target: onnxruntime %s" % runtimes["onnxruntime"])
+            else:
+                item["why"] = "cpu target needs onnxruntime, which is not installed"
+            out.append(item)
+            continue
+        ccs = header.get("cc") or ([e["target"]["cc"]] if e["target"].get("cc") else [])
+        product = header.get("product") or backend
+        candidates = [product] + (["tensorrt-lean"] if product == "tensorrt" else [])
+        rt = next((runtimes[p] for p in candidates if p in runtimes), None)
+        gpu = next((g for g in gpus if g["cc"] in ccs), None)
+        reasons = []
+        if not gpus:
+            reasons.append("no GPU on this host")
+        elif gpu is None:
+            reasons.append("built for compute capability %s; this host has %s" % (
+                ", ".join(ccs) or "?", ", ".join("%s (%s)" % (g["cc"], g["name"]) for g in gpus)))
+        if rt is None:
+            reasons.append("needs %s %s, not installed" % (product, item["version"]))
+        elif not _version_matches(item["version"], rt):
+            reasons.append("needs %s %s, host has %s" % (product, item["version"], rt))
+        if reasons:
+            item["why"] = "; ".join(reasons)
+        else:
+            item.update(fits=True, why="GPU %d %s (cc %s) with %s %s" % (gpu["index"], gpu["name"], gpu["cc"], product, rt), gpu=gpu["index"])
+        out.append(item)
+    # GPU engines before the cpu one: a GPU that fits is why the bundle was made.
+    out.sort(key=lambda i: (not i["fits"], i["backend"] == "onnxruntime", i["path"]))
+    return out
+
+
+def choose(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[str, str], want: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    items = assess(manifest, gpus, runtimes)
+    if want:
+        items = [i for i in items if i["target"] == want or i["path"] == want or i["path"].split("/")[-1] == want]
+        if not items:
+            raise LoaderError("--engine %s: no such engine; the bundle has %s" % (
+                want, ", ".join(e["target"]["label"] for e in manifest["engines"])), EXIT_USAGE)
+    fit = [i for i in items if i["fits"]]
+    if not fit:
+        host = ", ".join("%s (cc %s)" % (g["name"], g["cc"]) for g in gpus) or "no GPU"
+        offers = "; ".join("%s: %s" % (i["target"], i["why"]) for i in items)
+        raise LoaderError("no engine in this bundle fits this host [%s]; the bundle offers: %s" % (host, offers), EXIT_NO_ENGINE)
+    item = fit[0]
+    record = next(e for e in manifest["engines"] if e["path"] == item["path"])
+    return item, record
+
+
+# -- runners --------------------------------------------------------------------------------------
+
+class OrtRunner:
+    """The cpu target: the ONNX model run by onnxruntime's CPU provider."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+
+    def infer(self, feeds: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(zip(self.output_names, self.sess.run(self.output_names, feeds)))
+
+    def time_once(self, feeds: Dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        self.sess.run(self.output_names, feeds)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        pass
+
+
+class TrtRunner:
+    """A TensorRT engine on one GPU: pinned host buffers, one stream, a CUDA graph where allowed."""
+
+    def __init__(self, path: Path, product: str, cuda: Cuda, gpu: int) -> None:
+        import importlib
+
+        module = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}.get(product, "tensorrt")
+        try:
+            trt = importlib.import_module(module)
+        except ImportError:
+            trt = importlib.import_module("tensorrt_lean")
+        self.trt, self.cuda = trt, cuda
+        cuda.use_device(gpu)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        with open(path, "rb") as f:
+            self.engine = self.runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise LoaderError("%s: the TensorRT runtime refused to deserialize the engine (see its log above)" % path, EXIT_RUNTIME)
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.stream()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if n not in self.inputs]
+        self.buffers: Dict[str, Tuple[int, int, int]] = {}  # name -> (device ptr, pinned host ptr, bytes)
+        self.graph = None
+        self.graph_shapes = None
+
+    def _buffer(self, name: str, nbytes: int) -> Tuple[int, int, int]:
+        cur = self.buffers.get(name)
+        if cur is None or cur[2] < nbytes:
+            if cur is not None:
+                self.cuda.free(cur[0])
+                self.cuda.host_free(cur[1])
+            cur = (self.cuda.malloc(nbytes), self.cuda.host_alloc(nbytes), nbytes)
+            self.buffers[name] = cur
+            self.graph = None  # addresses changed
+        return cur
+
+    def _stage(self, feeds: Dict[str, Any]) -> Dict[str, Tuple[Tuple[int, ...], Any]]:
+        import numpy as np
+
+        shapes = {}
+        for n in self.inputs:
+            a = np.ascontiguousarray(feeds[n])
+            self.context.set_input_shape(n, tuple(a.shape))
+            dev, host, _ = self._buffer(n, a.nbytes)
+            ctypes.memmove(host, a.ctypes.data, a.nbytes)
+            self.context.set_tensor_address(n, dev)
+            shapes[n] = (tuple(a.shape), a.dtype)
+        out = {}
+        for n in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n)))
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            dev, host, _ = self._buffer(n, nbytes)
+            self.context.set_tensor_address(n, dev)
+            out[n] = (shape, dtype)
+        return {"in": shapes, "out": out}
+
+    def _enqueue(self, io: Dict[str, Any]) -> None:
+        for n, (shape, dtype) in io["in"].items():
+            dev, host, _ = self.buffers[n]
+            self.cuda.htod(dev, host, int(self._nbytes(shape, dtype)), self.stream)
+        if not self.context.execute_async_v3(self.stream):
+            raise LoaderError("TensorRT execute_async_v3 failed", EXIT_RUNTIME)
+        for n, (shape, dtype) in io["out"].items():
+            dev, host, _ = self.buffers[n]
+            self.cuda.dtoh(host, dev, int(self._nbytes(shape, dtype)), self.stream)
+
+    @staticmethod
+    def _nbytes(shape: Tuple[int, ...], dtype: Any) -> int:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n * dtype.itemsize
+
+    def _collect(self, io: Dict[str, Any]) -> Dict[str, Any]:
+        import numpy as np
+
+        res = {}
+        for n, (shape, dtype) in io["out"].items():
+            _, host, _ = self.buffers[n]
+            nbytes = self._nbytes(shape, dtype)
+            raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(host)
+            res[n] = np.frombuffer(bytes(raw)[:nbytes], dtype=dtype).reshape(shape).copy()
+        return res
+
+    def infer(self, feeds: Dict[str, Any]) -> Dict[str, Any]:
+        io = self._stage(feeds)
+        self._enqueue(io)
+        self.cuda.sync(self.stream)
+        return self._collect(io)
+
+    def capture(self, feeds: Dict[str, Any]) -> bool:
+        """Capture copies + execution as one CUDA graph; False where the engine does not allow it."""
+        io = self._stage(feeds)
+        self._enqueue(io)  # one plain run first: TensorRT finishes lazy setup outside capture
+        self.cuda.sync(self.stream)
+        try:
+            self.cuda.begin_capture(self.stream)
+            self._enqueue(io)
+            self.graph = self.cuda.end_capture(self.stream)
+            return True
+        except LoaderError:
+            self.graph = None
+            return False
+
+    def time_once(self, feeds: Dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        if self.graph:
+            self.cuda.graph_launch(self.graph, self.stream)
+        else:
+            self._enqueue(self._stage(feeds))
+        self.cuda.sync(self.stream)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        for dev, host, _ in self.buffers.values():
+            self.cuda.free(dev)
+            self.cuda.host_free(host)
+        self.buffers = {}
+
+
+def open_runner(root: Path, item: Dict[str, Any], record: Dict[str, Any], cuda: Optional[Cuda]) -> Any:
+    path = root / record["path"]
+    if record["backend"]["name"] == "onnxruntime":
+        return OrtRunner(path)
+    if cuda is None:
+        raise LoaderError("no CUDA driver on this host", EXIT_NO_ENGINE)
+    product = (record.get("header") or {}).get("product") or record["backend"]["name"]
+    return TrtRunner(path, product, cuda, item["gpu"] or 0)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def check_feeds(record: Dict[str, Any], model: Dict[str, Any], feeds: Dict[str, Any]) -> None:
+    """Names, dtypes and shapes inside the engine's optimization profile, before anything runs."""
+    import numpy as np
+
+    want = {t["name"]: t for t in model["inputs"]}
+    missing = sorted(set(want) - set(feeds))
+    extra = sorted(set(feeds) - set(want))
+    if missing or extra:
+        raise LoaderError("inputs needed: %s; given: %s" % (", ".join(sorted(want)), ", ".join(sorted(feeds)) or "none"), EXIT_INPUT)
+    profile = record["build"]["profiles"][0]
+    for name, a in feeds.items():
+        t = want[name]
+        if a.dtype != np.dtype(t["dtype"]):
+            raise LoaderError("input %s is %s; the model takes %s" % (name, a.dtype, t["dtype"]), EXIT_INPUT)
+        rng = profile[name]
+        ok = a.ndim == len(rng["min"]) and all(lo <= d <= hi for d, lo, hi in zip(a.shape, rng["min"], rng["max"]))
+        if not ok:
+            raise LoaderError("input %s has shape %s, outside the engine's profile %s .. %s" % (
+                name, "x".join(map(str, a.shape)), "x".join(map(str, rng["min"])), "x".join(map(str, rng["max"]))), EXIT_INPUT)
+
+
+def load_npz(path: Path) -> Dict[str, Any]:
+    import numpy as np
+
+    with np.load(str(path), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def save_npz_atomic(path: Path, arrays: Dict[str, Any]) -> None:
+    import numpy as np
+
+    path = Path(path)
+    if path.exists():
+        raise LoaderError("%s: already exists; not overwritten" % path, EXIT_INPUT)
+    fd, tmp = tempfile.mkstemp(prefix=".%s.partial-" % path.name, dir=str(path.parent or "."))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.link(tmp, str(path))
+    finally:
+        os.unlink(tmp)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def _host(cuda: Optional[Cuda]) -> Dict[str, Any]:
+    if cuda is None:
+        return {"driver": None, "gpus": []}
+    return {"driver": cuda.driver_version(), "gpus": cuda.devices()}
+
+
+def _print(args: argparse.Namespace, doc: Dict[str, Any], lines: List[str]) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(lines))
+
+
+def cmd_info(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+    host = _host(cuda)
+    runtimes = runtime_versions()
+    items = assess(manifest, host["gpus"], runtimes)
+    doc = {"bundle": str(root), "name": manifest["name"], "version": manifest["version"], "host": host,
+           "runtimes": runtimes, "engines": items, "chosen": next((i["path"] for i in items if i["fits"]), None)}
+    if args.cuda_check and cuda is not None and host["gpus"]:
+        cuda.use_device(0)
+        doc["cuda_check"] = cuda.roundtrip_check()
+    lines = ["bundle:   %s %s (%s)" % (manifest["name"], manifest["version"], root),
+             "driver:   %s" % (host["driver"] or "none (no NVIDIA driver found)")]
+    for g in host["gpus"]:
+        lines.append("gpu %d:    %s, compute capability %s, %.1f GiB" % (g["index"], g["name"], g["cc"], g["memory_bytes"] / 2 ** 30))
+    lines.append("runtimes: %s" % (", ".join("%s %s" % kv for kv in sorted(runtimes.items())) or "none"))
+    for i in items:
+        lines.append("%s %-8s %s: %s" % ("*" if i["path"] == doc["chosen"] else " ", i["target"], i["path"].split("/")[-1], i["why"]))
+    if "cuda_check" in doc:
+        c = doc["cuda_check"]
+        lines.append("cuda:     %d-byte host->device->host round trip %s in %.2f ms" % (c["bytes"], "OK" if c["equal"] else "MISMATCH", c["seconds"] * 1e3))
+    lines.append("chosen:   %s" % (doc["chosen"] or "none: no engine fits this host"))
+    _print(args, doc, lines)
+    if "cuda_check" in doc and not doc["cuda_check"]["equal"]:
+        return EXIT_RUNTIME
+    return 0
+
+
+def _compare(outputs: Dict[str, Any], ref: Dict[str, Any], atol: float, rtol: float) -> Dict[str, Any]:
+    import numpy as np
+
+    res = {"ok": True, "max_abs_err": 0.0, "max_rel_err": 0.0, "outputs": {}}
+    for name, r in ref.items():
+        if name not in outputs:
+            res["ok"] = False
+            res["outputs"][name] = {"ok": False, "why": "missing"}
+            continue
+        o = np.asarray(outputs[name])
+        if o.shape != r.shape:
+            res["ok"] = False
+            res["outputs"][name] = {"ok": False, "why": "shape %s vs reference %s" % (o.shape, r.shape)}
+            continue
+        of, rf = o.astype(np.float64), r.astype(np.float64)
+        diff = np.abs(of - rf)
+        abs_err = float(diff.max()) if diff.size else 0.0
+        rel_err = float((diff / np.maximum(np.abs(rf), 1e-12)).max()) if diff.size else 0.0
+        ok = bool(np.allclose(of, rf, atol=atol, rtol=rtol))
+        res["outputs"][name] = {"ok": ok, "max_abs_err": abs_err, "max_rel_err": rel_err}
+        res["ok"] = res["ok"] and ok
+        res["max_abs_err"] = max(res["max_abs_err"], abs_err)
+        res["max_rel_err"] = max(res["max_rel_err"], rel_err)
+    return res
+
+
+def cmd_selftest(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+    golden = manifest.get("golden")
+    if not golden:
+        raise LoaderError("this bundle has no golden data (it was created with --no-golden)", EXIT_INPUT)
+    host = _host(cuda)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
+    inputs = load_npz(root / golden["inputs"])
+    ref = load_npz(root / golden["outputs"])
+    precision = record["build"]["precision"]
+    tol = golden["tolerances"].get(precision) or golden["tolerances"]["fp32"]
+    runner = open_runner(root, item, record, cuda)
+    try:
+        t0 = time.perf_counter()
+        outputs = runner.infer(inputs)
+        latency = time.perf_counter() - t0
+    finally:
+        runner.close()
+    res = _compare(outputs, ref, tol["atol"], tol["rtol"])
+    doc = {"engine": record["path"], "target": record["target"]["label"], "precision": precision, "pass": res["ok"],
+           "atol": tol["atol"], "rtol": tol["rtol"], "max_abs_err": res["max_abs_err"], "max_rel_err": res["max_rel_err"],
+           "latency_ms": latency * 1e3, "reference": golden["reference"], "outputs": res["outputs"]}
+    lines = ["%s %s on %s (%s)" % ("PASS" if res["ok"] else "FAIL", record["path"].split("/")[-1], item["why"], precision),
+             "max abs err %.3g, max rel err %.3g (tolerance atol %g, rtol %g, against %s)" % (
+                 res["max_abs_err"], res["max_rel_err"], tol["atol"], tol["rtol"], golden["reference"]),
+             "latency %.3f ms (first run, includes copies)" % (latency * 1e3)]
+    _print(args, doc, lines)
+    return 0 if res["ok"] else EXIT_SELFTEST
+
+
+def cmd_run(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+    import numpy as np
+
+    feeds = {}
+    for spec in args.input:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise LoaderError("--input %s: use NAME=FILE.npy" % spec, EXIT_USAGE)
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise LoaderError("--input %s: cannot read %s (%s)" % (spec, file, e), EXIT_INPUT)
+    if Path(args.output).exists():
+        raise LoaderError("%s: already exists; not overwritten" % args.output, EXIT_INPUT)
+    host = _host(cuda)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
+    check_feeds(record, manifest["model"], feeds)
+    runner = open_runner(root, item, record, cuda)
+    try:
+        outputs = runner.infer(feeds)
+    finally:
+        runner.close()
+    save_npz_atomic(Path(args.output), outputs)
+    doc = {"engine": record["path"], "output": str(args.output),
+           "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in outputs.items()}}
+    _print(args, doc, ["%s -> %s" % (record["path"].split("/")[-1], args.output)] +
+           ["  %s: %s %s" % (k, v.dtype, "x".join(map(str, v.shape))) for k, v in outputs.items()])
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+    import numpy as np
+
+    golden = manifest.get("golden")
+    if not golden:
+        raise LoaderError("bench uses the bundle's golden inputs; this bundle has none", EXIT_INPUT)
+    host = _host(cuda)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
+    feeds = load_npz(root / golden["inputs"])
+    runner = open_runner(root, item, record, cuda)
+    graph = False
+    try:
+        if isinstance(runner, TrtRunner) and not args.no_graph:
+            graph = runner.capture(feeds)
+        for _ in range(args.warmup):
+            runner.time_once(feeds)
+        times = []
+        start = time.perf_counter()
+        while True:
+            times.append(runner.time_once(feeds))
+            if args.seconds is not None:
+                if time.perf_counter() - start >= args.seconds:
+                    break
+            elif len(times) >= args.iterations:
+                break
+        wall = time.perf_counter() - start
+    finally:
+        runner.close()
+    t = np.array(times) * 1e3
+    batch = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
+    doc = {"engine": record["path"], "target": record["target"]["label"], "iterations": len(times), "warmup": args.warmup,
+           "cuda_graph": graph, "batch": batch,
+           "latency_ms": {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
+                          "p99": float(np.percentile(t, 99)), "mean": float(t.mean()), "min": float(t.min())},
+           "throughput_per_s": len(times) * batch / wall if wall > 0 else None}
+    lat = doc["latency_ms"]
+    _print(args, doc, ["%s: %d iterations after %d warm-up%s" % (record["path"].split("/")[-1], len(times), args.warmup,
+                                                               ", CUDA graph" if graph else ""),
+                       "latency ms: p50 %.3f  p90 %.3f  p99 %.3f" % (lat["p50"], lat["p90"], lat["p99"]),
+                       "throughput: %.1f samples/s (batch %d)" % (doc["throughput_per_s"] or 0, batch)])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bundle", help="extracted bundle directory (default: the one this file is in)")
+    common.add_argument("--trust", action="append", default=[], help="trusted public key PEM (default: $BUNDLE_TRUST)")
+    common.add_argument("--verifier", help="verify.py to use (default: runtime/verify.py of the bundle)")
+    common.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    common.add_argument("--engine", help="force an engine, by target label or file name")
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    p = argparse.ArgumentParser(prog="loader.py", description="Run a verified bundle's engine on this host.")
+    sub = p.add_subparsers(dest="command")
+    info = sub.add_parser("info", parents=[common], help="host GPUs, runtimes, and which engine fits")
+    info.add_argument("--cuda-check", action="store_true", help="also do a host->device->host copy round trip")
+    sub.add_parser("selftest", parents=[common], help="run the golden inputs and compare with the reference")
+    run = sub.add_parser("run", parents=[common], help="run on your inputs")
+    run.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
+    run.add_argument("--output", required=True, metavar="OUT.npz")
+    bench = sub.add_parser("bench", parents=[common], help="latency and throughput")
+    bench.add_argument("--iterations", type=int, default=100)
+    bench.add_argument("--seconds", type=float, default=None)
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--no-graph", action="store_true", help="do not capture a CUDA graph")
+    return p
+
+
+COMMANDS = {"info": cmd_info, "selftest": cmd_selftest, "run": cmd_run, "bench": cmd_bench}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        root = find_bundle(args.bundle)
+        verify_bundle(root, args.trust, args.verifier, args.no_verify)
+        manifest = load_manifest(root)
+        cuda = Cuda.load()
+        return COMMANDS[args.command](args, root, manifest, cuda)
+    except LoaderError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "exit_code": e.code, "error": str(e)}, indent=2))
+        sys.stderr.write("error: %s\n" % " ".join(str(e).split()))
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback, on a closed host
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "exit_code": EXIT_RUNTIME, "error": "%s: %s" % (type(e).__name__, e)}, indent=2))
+        sys.stderr.write("error: %s: %s\n" % (type(e).__name__, " ".join(str(e).split())[:500]))
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())
