@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .archive import Limits
 from .build import BuildRequest, build, select_backend
-from .errors import BundleError, ExitCode
+from .errors import BundleError, ExitCode, OutputError
 from .inspect import InspectReport, inspect_bundle
 from .manifest import BuildRecord, Manifest
 from .model import ShapeSpec, load_model, parse_shape, resolve_profile
@@ -52,13 +52,14 @@ def create(
 ) -> SealResult:
     """`build` into a private temporary directory, then `seal`; only the bundle is left behind."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
     if final.exists():
-        from .errors import OutputError
-
         raise OutputError(f"{final}: already exists; bundles are never overwritten")
-    work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:
         build(request, work / "build", progress=progress)
         return seal([work / "build"], key, out_dir)

@@ -163,7 +163,7 @@ def _octal(field: bytes, what: str, offset: int) -> int:
     return int(m.group(1), 8) if m.group(1) else 0
 
 
-def check_name(name: str, limits: Limits, offset: int) -> None:
+def check_member_name(name: str, limits: Limits, offset: int) -> None:
     """Reject, never rewrite: absolute paths, '..', '.', empty parts, backslashes, NULs."""
     if len(name.encode("utf-8")) > limits.max_name_bytes:
         raise LimitsError(f"member name longer than {limits.max_name_bytes} bytes at byte {offset}", member=name[:80])
@@ -252,7 +252,8 @@ class StrictTarReader:
                 raw = self._r.read_exact(size, "a PAX header")
                 padn = (-size) % BLOCK
                 if padn:
-                    self._r.read_exact(padn, "PAX header padding")
+                    if self._r.read_exact(padn, "PAX header padding").count(0) != padn:
+                        raise ArchiveError(f"non-zero bytes in the padding of the PAX header at byte {offset}")
                 pax = self._parse_pax(raw, offset)
                 continue
             break
@@ -281,7 +282,7 @@ class StrictTarReader:
                      b"S": "GNU sparse file"}
             kind = kinds.get(typeflag, f"member of type {typeflag!r}")
             raise UnsafeMemberError(f"{name}: {kind} is not allowed in a bundle", member=name)
-        check_name(name, self.limits, offset)
+        check_member_name(name, self.limits, offset)
         mode = hdr["mode"]
         if mode & 0o7000:
             raise UnsafeMemberError(f"{name}: setuid, setgid or sticky bit set (mode {mode:04o})", member=name)

@@ -59,6 +59,8 @@ def _run(json_mode: bool, fn: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except KeyboardInterrupt:
+        if json_mode:
+            print(json.dumps({"ok": False, "exit_code": 130, "error": {"class": "interrupted", "member": None, "message": "interrupted"}}))
         _err().print("interrupted")
         raise typer.Exit(130)
     except Exception as e:  # noqa: BLE001 - every failure ends in one line and an exit code
@@ -327,7 +329,12 @@ def inspect_cmd(
             rep.notes[0] = "VERIFIED against the trusted keys given" if vrep.ok else f"VERIFICATION FAILED: {vrep.error.message if vrep.error else ''}"
         if json_mode:
             d = rep.to_dict()
-            d["verification"] = vrep.to_dict() if vrep is not None else None
+            v = vrep.to_dict() if vrep is not None else None
+            # The --json contract: ok, exit_code and error at the top, as for every command.
+            d["ok"] = v["ok"] if v else True
+            d["exit_code"] = v["exit_code"] if v else 0
+            d["error"] = v["error"] if v else None
+            d["verification"] = v
             print(json.dumps(d, indent=2))
         else:
             _print_inspect(rep)

@@ -18,6 +18,7 @@ from .manifest import EngineHeader, to_dict
 from .seal import MANIFEST
 from .signing import SIGNATURES_DIR, parse_signature_file, parse_statement
 from .errors import VerificationError
+from .verify import MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE
 import json
 
 
@@ -62,7 +63,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> InspectReport:
             rep.members.append(InspectMember(rel, m.size, f"{m.mode:04o}", m.is_dir))
             if m.is_dir:
                 continue
-            if rel.startswith(SIGNATURES_DIR + "/") and m.size <= (1 << 20):
+            if rel.startswith(SIGNATURES_DIR + "/") and m.size <= MAX_SIGNATURE_SIZE:
                 buf = bytearray()
                 reader.read_data(buf.extend)
                 try:
@@ -71,7 +72,7 @@ def inspect_bundle(path: Path, limits: Limits = Limits()) -> InspectReport:
                     rep.signed_subject = parse_statement(sf.payload, m.name).subject
                 except VerificationError as e:
                     rep.notes.append(str(e))
-            elif rel == MANIFEST and m.size <= (16 << 20):
+            elif rel == MANIFEST and m.size <= MAX_MANIFEST_SIZE:
                 buf = bytearray()
                 reader.read_data(buf.extend)
                 try:

@@ -138,6 +138,11 @@ def load_model(path: Path) -> ModelInfo:
         raise InputError(f"{path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"{path}: not an ONNX model (no graph)")
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise InputError(
+            f"{path}: weights are stored in external data files, which bundles do not carry yet; "
+            f"save the model as one file (onnx.save(model, path, save_as_external_data=False)) if it is under 2 GB"
+        )
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # noqa: BLE001

@@ -19,10 +19,10 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
-from .archive import TarWriter
+from .archive import Limits, TarWriter, check_member_name
 from .build import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, VerificationError
 from .manifest import BuildRecord, EngineRecord, FileEntry, Manifest, SchemaError, parse_json, to_json
 from .model import sha256_file
 from .signing import SIGNATURES_DIR, key_id, make_statement, sign_statement
@@ -204,8 +204,16 @@ def seal(
     signature = sign_statement(make_statement(root, resources_), key)
     kid = key_id(key.public_key())
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=out_dir)
+    for e in [*all_entries, FileEntry(SHA256SUMS, 0, "")]:
+        try:
+            check_member_name(f"{root}/{e.path}", Limits(), 0)
+        except VerificationError as err:
+            raise InputError(f"cannot seal: {err.message} (rename the file; verify would refuse this bundle)") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=out_dir)
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot write the bundle there ({e.strerror})") from None
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
@@ -233,6 +241,9 @@ def seal(
             raw.flush()
             os.fsync(raw.fileno())
         _publish(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{e.filename or final}: cannot write ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -266,9 +277,18 @@ class _HashingWriter:
 
 
 def _publish(tmp: Path, final: Path) -> None:
-    """Move into place without ever replacing an existing file (link fails if ``final`` exists)."""
+    """Move into place without ever replacing an existing file.
+
+    link(2) fails if ``final`` exists, atomically; FAT/exFAT sticks have no hard links, and
+    there renameat2(RENAME_NOREPLACE) does the same job.
+    """
     try:
         os.link(tmp, final)
     except FileExistsError:
         raise OutputError(f"{final}: appeared while sealing; not overwritten") from None
+    except OSError:
+        from .fsutil import rename_noreplace
+
+        rename_noreplace(tmp, final)
+        return
     tmp.unlink()

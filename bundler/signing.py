@@ -60,7 +60,10 @@ def generate_key(name: str, directory: Path, passphrase: Optional[bytes]) -> Gen
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"key name {name!r}: use a plain file name")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise OutputError(f"{directory}: cannot create the key directory ({e.strerror})") from None
     priv_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
     for p in (priv_path, pub_path):
         if p.exists():
@@ -83,9 +86,15 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except FileExistsError:
         raise OutputError(f"{path}: already exists; keys are never overwritten") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)  # umask may have narrowed it; make it exactly what we promise
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None  # umask may have narrowed it; make it exactly what we promise
 
 
 def private_key_is_encrypted(path: Path) -> bool:
@@ -104,7 +113,7 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
         raise KeyFileError(f"{path}: no such private key") from None
     if st.st_mode & 0o077:
         raise KeyFileError(
-            f"{path}: private key is readable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"{path}: private key is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"fix it with: chmod 600 {path}"
         )
     data = path.read_bytes()

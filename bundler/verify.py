@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
 from .archive import Limits, Member, StrictTarReader
+from .fsutil import rename_noreplace
 from .engine_header import HEADER_SIZE, HeaderError, parse_header, version_matches
 from .errors import (
     ArchiveError,
@@ -43,7 +44,8 @@ from .errors import (
     UnsafeMemberError,
     VerificationError,
 )
-from .manifest import EngineHeader, Manifest, SchemaError, parse_json
+from .manifest import FORMAT_VERSION, EngineHeader, Manifest, SchemaError, parse_json
+from .versioning import check_bundle_name, check_version
 from .seal import MANIFEST, SHA256SUMS
 from .signing import (
     SIGNATURES_DIR,
@@ -221,32 +223,12 @@ class _ExtractSink(_Sink):
         self.end()
         os.fchmod(self._root_fd, 0o755)  # mkdtemp made it 0700
         self._close_root()
-        _rename_noreplace(self.staging, self.dest)
+        rename_noreplace(self.staging, self.dest)
 
     def abort(self) -> None:
         self.end()
         self._close_root()
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """rename(2) that fails instead of replacing ``dst`` (renameat2 RENAME_NOREPLACE on Linux)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = getattr(libc, "renameat2", None)
-        if fn is not None:
-            AT_FDCWD, RENAME_NOREPLACE = -100, 1
-            if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
-                return
-            err = ctypes.get_errno()
-            if err == 17:  # EEXIST
-                raise OutputError(f"{dst}: appeared during extraction; not overwritten")
-            if err not in (22, 38):  # EINVAL / ENOSYS: filesystem without renameat2 flags
-                raise OSError(err, os.strerror(err), str(dst))
-    if dst.exists():
-        raise OutputError(f"{dst}: appeared during extraction; not overwritten")
-    os.rename(src, dst)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -405,7 +387,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
             raise DigestError(
                 f"{member.name}: size {member.size} differs from the signed {expected_size}", member=member.name
             )
-        if rel == MANIFEST and member.size > MAX_MANIFEST_SIZE:
+        if rel in (MANIFEST, SHA256SUMS) and member.size > MAX_MANIFEST_SIZE:
             raise LimitsError(f"{member.name}: manifest of {member.size} bytes is over the limit", member=member.name)
         h = hashlib.sha256()
         keep: Optional[bytearray] = bytearray() if rel in (MANIFEST, SHA256SUMS) else None
@@ -492,6 +474,14 @@ def _load_manifest(raw: bytes, st: _State, root: str) -> None:
     st.manifest = m
     r = st.report
     r.name, r.version, r.created = m.name, m.version, m.created
+    where = f"{root}/{MANIFEST}"
+    if m.format != FORMAT_VERSION:
+        raise BindingError(f"{where}: format {m.format!r}; this verifier knows {FORMAT_VERSION}", member=where)
+    try:
+        check_version(m.version)
+        check_bundle_name(m.name)
+    except InputError as e:
+        raise BindingError(f"{where}: {e.message}", member=where) from None
     if m.root != root:
         raise BindingError(
             f"{root}/{MANIFEST}: names {m.name} {m.version}, which does not match the directory {root}",
@@ -509,6 +499,14 @@ def _load_manifest(raw: bytes, st: _State, root: str) -> None:
             raise BindingError(f"{root}/{MANIFEST}: digest of {p} differs from the signed list", member=f"{root}/{p}")
         st.expected_sizes[p] = f.size
         st.files[p].expected_size = f.size
+    # Everything the manifest points at must be a signed file, with the digest it claims.
+    mf = listed.get(m.model.path)
+    if mf is None or mf.sha256 != m.model.sha256 or mf.size != m.model.size:
+        raise BindingError(f"{where}: source model {m.model.path} is not listed with its size and digest", member=where)
+    refs = [e.log for e in m.engines] + ([m.golden.inputs, m.golden.outputs] if m.golden else [])
+    for ref in refs:
+        if ref not in listed:
+            raise BindingError(f"{where}: refers to {ref}, which is not a signed file", member=where)
     for e in m.engines:
         f = listed.get(e.path)
         if f is None or f.sha256 != e.sha256 or f.size != e.size:

@@ -6,6 +6,8 @@ Ordering matters to operators: a host that runs 1.10.0 must not be "upgraded" to
 
 from __future__ import annotations
 
+import re
+
 import semver
 
 from .errors import InputError
@@ -21,3 +23,11 @@ def check_version(text: str) -> semver.Version:
 def version_key(text: str) -> semver.Version:
     """Sort key for versions: ``sorted(vs, key=version_key)`` gives semver precedence."""
     return check_version(text)
+
+
+def check_bundle_name(name: str) -> None:
+    """Bundle names become directory and file names on every host: keep them boring."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._]*(-[A-Za-z0-9._]+)*", name) or len(name) > 100:
+        raise InputError(
+            f"bundle name {name!r}: use letters, digits, '.', '_' and inner '-' (at most 100 characters)"
+        )

@@ -146,3 +146,39 @@ def test_verify_bad_requests(tmp_path, tiny_bundle, keys):
 def test_usage_error_exit_code():
     r = run_bundle("create")
     assert r.code == 2
+
+
+def test_model_with_external_data_is_refused(tmp_path, keys):
+    import numpy as np
+    from onnx import numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    path = tmp_path / "ext.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    r = create(tmp_path, keys, path, "--target", "sm_86")
+    assert r.code == 3 and "external data" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_model_file_name_verify_would_refuse_is_refused_at_seal(tmp_path, keys):
+    odd = tmp_path / "we\\ird.onnx"
+    odd.write_bytes(SAMPLE.read_bytes())
+    r = create(tmp_path, keys, odd, "--target", "sm_86", "--shape", SHAPE)
+    assert r.code == 3 and "backslash" in r.err
+    assert_no_output(tmp_path)
+
+
+def test_unwritable_output_is_an_output_error(tmp_path, keys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = create(tmp_path, keys, SAMPLE, "--target", "sm_86", "--shape", SHAPE)
+    assert r.code == 0  # sanity: the same command works with a usable --out
+    r = run_bundle("create", SAMPLE, "--name", "s", "--version", "1.0.0", "--key", keys["release"]["key"],
+                   "--out", blocker / "sub", "--target", "sm_86", "--shape", SHAPE, "--backend", "tensorrt-rtx")
+    assert r.code == 6, r.err
+    r = run_bundle("keys", "generate", "k", "--dir", blocker / "keys", "--no-passphrase")
+    assert r.code == 6, r.err

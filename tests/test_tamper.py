@@ -755,3 +755,52 @@ def test_directory_entries_of_signed_paths_are_accepted(tmp_path, entries, pub) 
     path = write_tar(tmp_path / "dirs.tar", [special(root, tarfile.DIRTYPE, mode=0o755), dirs[0], entries[0], *entries[1:3],
                                             dirs[1], *entries[3:], dirs[2]])
     assert_verifies(path, pub)
+
+
+# -- a trusted signer's tool that writes a wrong manifest (signature valid, semantics not) ------------
+
+def _resign(entries: List[Entry], key_path: Path, edit: Callable[[dict], None]) -> List[Entry]:
+    """Edit manifest.json, then recompute SHA256SUMS and re-sign with the TRUSTED key, so only the
+    manifest's semantic checks can catch it."""
+    from bundler.signing import load_private_key, make_statement, sign_statement
+
+    i = find(entries, "manifest.json")
+    doc = json.loads(entries[i][1])
+    edit(doc)
+    manifest = (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+    entries[i] = reg(entries[i][0].name, manifest)
+    digests = {}
+    for ti, data in entries:
+        rel = ti.name.split("/", 1)[1]
+        if not rel.startswith("signatures/") and rel != "SHA256SUMS":
+            digests[rel] = hashlib.sha256(data).hexdigest()
+    sums = "".join(f"{d}  {p}\n" for p, d in digests.items()).encode()
+    j = find(entries, "SHA256SUMS")
+    entries[j] = reg(entries[j][0].name, sums)
+    digests["SHA256SUMS"] = hashlib.sha256(sums).hexdigest()
+    sig = sign_statement(make_statement(ROOT, digests), load_private_key(key_path, None))
+    k = find(entries, "signature")
+    entries[k] = reg(entries[k][0].name, sig)
+    return entries
+
+
+@pytest.mark.parametrize("case", ["format", "version", "golden-path", "engine-header", "model-digest", "control"])
+def test_trusted_but_wrong_manifest(tmp_path, entries, pub, keys, case) -> None:  # noqa: ANN001
+    def edit(doc: dict) -> None:
+        if case == "format":
+            doc["format"] = "trt-bundle/99"
+        elif case == "version":
+            doc["version"] = "1.0"
+        elif case == "golden-path":
+            doc["golden"]["outputs"] = "golden/elsewhere.npz"
+        elif case == "engine-header":
+            sm86 = next(e for e in doc["engines"] if e["target"]["label"] == "sm86")
+            sm86["header"]["cc"], sm86["header"]["cc_mask"] = ["8.9"], 8  # relabel an SM86 engine as SM89
+        elif case == "model-digest":
+            doc["model"]["sha256"] = "0" * 64
+
+    path = write_tar(tmp_path / f"{case}.tar", _resign(entries, keys["release"]["key"], edit))
+    if case == "control":
+        assert_verifies(path, pub)  # re-signing itself is sound: only the edits are caught
+    else:
+        assert_rejected(path, ExitCode.BINDING, pub)

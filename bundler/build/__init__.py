@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from ..errors import BuildError, InputError, OutputError
+from ..fsutil import rename_noreplace
 from ..manifest import BuildRecord, EngineRecord, ModelInfo, ShapeRange, to_json
 from ..model import ShapeSpec, load_model, resolve_profile, safe_stem, shape_token
 from ..targets import Target, parse_target
@@ -112,10 +113,10 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
     directory beside it, so a failed or interrupted build never leaves a half-filled build dir
     under its final name.
     """
-    from ..versioning import check_version
+    from ..versioning import check_bundle_name, check_version
 
     check_version(request.version)
-    _check_name(request.name)
+    check_bundle_name(request.name)
     if not request.targets:
         raise InputError("give at least one --target")
     targets = [parse_target(t) for t in request.targets]
@@ -146,8 +147,11 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as e:
+        raise OutputError(f"{out_dir.parent}: cannot create the build directory there ({e.strerror})") from None
     try:
         (staging / "model").mkdir()
         (staging / "engines").mkdir()
@@ -179,17 +183,12 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
             name=request.name, version=request.version, model=model, engines=records, golden=golden_info
         )
         (staging / BUILD_RECORD).write_bytes(to_json(record))
-        os.rename(staging, out_dir)
+        os.chmod(staging, 0o755)  # mkdtemp made it 0700
+        rename_noreplace(staging, out_dir)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return record
-
-
-def _check_name(name: str) -> None:
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._]*(-[A-Za-z0-9._]+)*", name) or len(name) > 100:
-        raise InputError(
-            f"bundle name {name!r}: use letters, digits, '.', '_' and inner '-' (at most 100 characters)"
-        )

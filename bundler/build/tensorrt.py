@@ -94,7 +94,8 @@ class TensorRTBackend:
             raise BuildError(f"target {target.label}: full TensorRT builds on the GPU it targets, and this host has none")
         local = gpus[0]
         if target.cc is None:
-            return target.with_cc(local.cc, gpu=local.name)
+            # Name it by what it is, so engines of `local` builds on different GPU hosts merge in seal.
+            return Target(f"sm{local.cc[0]}{local.cc[1]}", local.cc, gpu=local.name)
         if target.cc != local.cc:
             raise BuildError(
                 f"target {target.label} is compute capability {target.cc_str}, but full TensorRT builds for this "
