@@ -8,21 +8,33 @@ directories with plain names. The writer uses `tarfile.TarInfo` to format header
 code) and copies data itself so that hashing and copying are one pass.
 
 Neither side trusts anything: the reader's caller decides what a member means.
+
+Speed (docs/performance.md): every payload byte goes through two SHA-256 streams, the member's and
+the whole archive's, and SHA-256 is the bottleneck. `AsyncSha256` runs each stream on its own
+worker thread (hashlib releases the GIL on large buffers), so the two run on two cores while the
+calling thread reads and writes. Data moves through a small ring of fixed buffers (`BufferRing`);
+a buffer is refilled only after every hash it was handed to is done with it, which keeps memory
+bounded by the ring whatever the file size.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import re
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Optional, Set
+from typing import BinaryIO, Callable, Deque, List, Optional, Set, Tuple
 
 from .errors import ArchiveError, LimitsError, MembersError, UnsafeMemberError
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # tar's default record size; archives are padded to a multiple of it
-CHUNK = 1 << 20
+CHUNK = 4 << 20  # one read or write; the ring holds RING_DEPTH of them (16 MiB in all)
+RING_DEPTH = 4
+SMALL = 64 << 10  # updates below this are copied and hashed in batches, not handed to a thread
+MAX_INFLIGHT = 8  # batches of small updates queued at most (bounded memory)
 ALLOWED_PAX_KEYS = frozenset({"path", "size", "mtime"})
 
 
@@ -39,18 +51,118 @@ class Limits:
     max_trailing_zeros: int = RECORD
 
 
+# -- hashing off the calling thread ----------------------------------------------------------------
+
+class AsyncSha256:
+    """A SHA-256 fed in order on its own worker thread, so that two digests use two cores.
+
+    ``update(data)`` returns at once. Data of `SMALL` bytes or more is hashed in place later: the
+    caller must leave it unchanged until the returned future is done (`BufferRing` does that);
+    smaller data is copied and hashed in batches, and ``None`` is returned. `hexdigest` waits for
+    everything and may be called any number of times; updating after it is an error. A digest that
+    is dropped half-way (an exception) lets its thread end when it is garbage-collected.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pending = bytearray()
+        self._inflight: Deque[Future] = collections.deque()
+        self._hex: Optional[str] = None
+
+    def _submit(self, data) -> Future:  # noqa: ANN001 - bytes-like
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        fut = self._pool.submit(self._h.update, data)
+        self._inflight.append(fut)
+        while self._inflight and self._inflight[0].done():
+            self._inflight.popleft().result()
+        while len(self._inflight) > MAX_INFLIGHT:
+            self._inflight.popleft().result()
+        return fut
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            if self._pool is None:
+                self._h.update(data)  # nothing queued before it: hash here, no thread needed
+            else:
+                self._submit(data)
+
+    def update(self, data) -> Optional[Future]:  # noqa: ANN001 - bytes-like
+        if self._hex is not None:
+            raise ValueError("update after hexdigest")
+        if len(data) < SMALL:
+            self._pending += data
+            if len(self._pending) >= SMALL:
+                self._flush()
+            return None
+        self._flush()
+        return self._submit(data)
+
+    def hexdigest(self) -> str:
+        if self._hex is None:
+            self._flush()
+            while self._inflight:
+                self._inflight.popleft().result()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self._hex = self._h.hexdigest()
+        return self._hex
+
+
+class BufferRing:
+    """`depth` reusable buffers of `size` bytes, handed out in turn.
+
+    `take` returns the next buffer once every future `hold` attached to it is done, so a buffer
+    that a worker thread is still hashing is never overwritten.
+    """
+
+    def __init__(self, size: int = CHUNK, depth: int = RING_DEPTH) -> None:
+        self.size = size
+        self._bufs: List[Optional[memoryview]] = [None] * depth
+        self._held: List[List[Future]] = [[] for _ in range(depth)]
+        self._next = 0
+
+    def take(self) -> Tuple[int, memoryview]:
+        i = self._next
+        self._next = (i + 1) % len(self._bufs)
+        for fut in self._held[i]:
+            fut.result()
+        self._held[i].clear()
+        buf = self._bufs[i]
+        if buf is None:  # allocated on first use: a small file never costs the whole ring
+            buf = self._bufs[i] = memoryview(bytearray(self.size))
+        return i, buf
+
+    def hold(self, slot: int, fut: Optional[Future]) -> None:
+        if fut is not None:
+            self._held[slot].append(fut)
+
+
 # -- writer -----------------------------------------------------------------------------------
 
 class TarWriter:
     """Writes a deterministic POSIX (PAX) tar: fixed uid/gid/owner, caller-chosen mtime and modes.
 
-    ``out`` receives every byte; pass a hashing wrapper to get the archive digest in the same pass.
+    ``out`` receives every byte, synchronously (a buffer is reused once ``out.write`` returns).
+    With ``digest=True`` the SHA-256 of everything written is computed on a worker thread in the
+    same pass (`hexdigest`).
     """
 
-    def __init__(self, out: BinaryIO, mtime: int) -> None:
+    def __init__(self, out: BinaryIO, mtime: int, digest: bool = False) -> None:
         self._out = out
         self._mtime = int(mtime)
         self._written = 0
+        self._sha256: Optional[AsyncSha256] = AsyncSha256() if digest else None
+        self._ring: Optional[BufferRing] = None
+
+    def hexdigest(self) -> str:
+        """SHA-256 of the archive written so far (call after `close`)."""
+        if self._sha256 is None:
+            raise ValueError("TarWriter made without digest=True")
+        return self._sha256.hexdigest()
 
     def _header(self, name: str, size: int, mode: int) -> bytes:
         ti = tarfile.TarInfo(name)
@@ -62,9 +174,12 @@ class TarWriter:
         ti.type = tarfile.REGTYPE
         return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
-    def _write(self, data) -> None:  # noqa: ANN001 - bytes-like
+    def _write(self, data) -> Optional[Future]:  # noqa: ANN001 - bytes-like
+        """Write; hash too. Returns the future the caller must await before changing ``data``."""
+        fut = self._sha256.update(data) if self._sha256 is not None else None
         self._out.write(data)
         self._written += len(data)
+        return fut
 
     def _pad(self, size: int) -> None:
         rem = size % BLOCK
@@ -72,6 +187,8 @@ class TarWriter:
             self._write(b"\0" * (BLOCK - rem))
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # may be hashed later, on another thread: must not change
         self._write(self._header(name, len(data), mode))
         self._write(data)
         self._pad(len(data))
@@ -83,20 +200,26 @@ class TarWriter:
         size: int,
         mode: int = 0o644,
         on_chunk: Optional[Callable[[memoryview], None]] = None,
+        digest: Optional[AsyncSha256] = None,
     ) -> None:
-        """Copy exactly ``size`` bytes from ``src``; ``on_chunk`` sees each chunk (for hashing)."""
+        """Copy exactly ``size`` bytes from ``src``; ``on_chunk`` sees each chunk (synchronously)
+        and ``digest``, when given, is fed the same bytes on its own thread."""
         self._write(self._header(name, size, mode))
-        buf = bytearray(min(CHUNK, max(size, 1)))
-        view = memoryview(buf)
+        if self._ring is None:
+            self._ring = BufferRing()
+        ring = self._ring
         left = size
         while left:
-            n = src.readinto(view[: min(left, len(buf))])  # type: ignore[attr-defined]
+            slot, view = ring.take()
+            n = src.readinto(view[: min(left, ring.size)])  # type: ignore[attr-defined]
             if not n:
                 raise OSError(f"{name}: source ended {left} bytes early (changed while sealing?)")
             chunk = view[:n]
+            if digest is not None:
+                ring.hold(slot, digest.update(chunk))
             if on_chunk is not None:
                 on_chunk(chunk)
-            self._write(chunk)
+            ring.hold(slot, self._write(chunk))
             left -= n
         if src.read(1):
             raise OSError(f"{name}: source grew while sealing")
@@ -121,12 +244,16 @@ class Member:
 
 
 class _CountingReader:
-    """Reads from the file and feeds every byte to the whole-archive hash (one pass)."""
+    """Reads from the file and feeds every byte to the whole-archive hash (one pass).
+
+    `readinto` leaves hashing to the caller (`StrictTarReader.read_data` hands ring buffers to the
+    archive digest itself); `read_small` and `read_exact` hash what they return.
+    """
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
         self.pos = 0
-        self.sha256 = hashlib.sha256()
+        self.sha256 = AsyncSha256()
 
     def readinto(self, view: memoryview) -> int:
         got = 0
@@ -135,17 +262,23 @@ class _CountingReader:
             if not n:
                 break
             got += n
-        if got:
-            self.sha256.update(view[:got])
-            self.pos += got
+        self.pos += got
         return got
 
-    def read_exact(self, n: int, what: str) -> bytes:
+    def read_small(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end of the file), hashed."""
         buf = bytearray(n)
         got = self.readinto(memoryview(buf))
-        if got != n:
+        data = bytes(buf[:got]) if got != n else bytes(buf)
+        if data:
+            self.sha256.update(data)  # immutable: safe to hash later, in place
+        return data
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        data = self.read_small(n)
+        if len(data) != n:
             raise ArchiveError(f"truncated archive: {what} ends at byte {self.pos}")
-        return bytes(buf)
+        return data
 
 
 _OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*$")
@@ -201,7 +334,7 @@ class StrictTarReader:
         self._count = 0
         self._total = 0
         self.finished = False
-        self._buf = bytearray(CHUNK)
+        self._ring = BufferRing()
 
     @property
     def archive_sha256(self) -> str:
@@ -211,16 +344,27 @@ class StrictTarReader:
     def position(self) -> int:
         return self._r.pos
 
-    def read_data(self, consume: Optional[Callable[[memoryview], None]]) -> None:
-        """Stream the current member's data to ``consume`` in chunks, then check its padding."""
-        view = memoryview(self._buf)
+    def read_data(
+        self, consume: Optional[Callable[[memoryview], None]], digest: Optional[AsyncSha256] = None
+    ) -> None:
+        """Stream the current member's data to ``consume`` in chunks, then check its padding.
+
+        ``consume`` runs on this thread and must not keep the chunk (copy what it needs);
+        ``digest``, when given, is fed the same bytes on its own thread.
+        """
         name = self._current.name if self._current else "?"
+        ring = self._ring
         while self._left:
-            n = self._r.readinto(view[: min(self._left, len(self._buf))])
+            slot, view = ring.take()
+            n = self._r.readinto(view[: min(self._left, ring.size)])
             if n == 0:
                 raise ArchiveError(f"{name}: truncated archive ({self._left} bytes of data missing)", member=name)
+            chunk = view[:n]
+            ring.hold(slot, self._r.sha256.update(chunk))
+            if digest is not None:
+                ring.hold(slot, digest.update(chunk))
             if consume is not None:
-                consume(view[:n])
+                consume(chunk)
             self._left -= n
         if self._pad:
             pad = self._r.read_exact(self._pad, f"padding of {name}")
@@ -363,9 +507,9 @@ class StrictTarReader:
         second = self._r.read_exact(BLOCK, "the end-of-archive marker")
         if second.count(0) != BLOCK:
             raise ArchiveError(f"a lone zero block at byte {offset}, then more data")
-        tail = bytearray(self.limits.max_trailing_zeros + 1)
-        n = self._r.readinto(memoryview(tail))
-        if tail[:n].count(0) != n:
+        tail = self._r.read_small(self.limits.max_trailing_zeros + 1)
+        n = len(tail)
+        if tail.count(0) != n:
             raise ArchiveError(f"data after the end of the archive (at byte {offset + 2 * BLOCK})")
         if n > self.limits.max_trailing_zeros:
             raise ArchiveError(f"more than {self.limits.max_trailing_zeros} bytes after the end of the archive")

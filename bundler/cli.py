@@ -67,6 +67,65 @@ def _run(json_mode: bool, fn: Callable[[], Any]) -> Any:
         _fail(e, json_mode)
 
 
+# -- progress bars for long operations -------------------------------------------------------------
+
+PROGRESS_MIN_BYTES = 256 << 20  # smaller files are done before a bar would be worth reading
+
+
+class _Bar:
+    """A rich progress bar on stderr, fed by the library's progress callbacks.
+
+    It appears only for more than `PROGRESS_MIN_BYTES` and only when stderr is a terminal (so
+    logs, pipes and --json consumers see exactly what they saw before), and it vanishes when
+    done. Updates are cheap (the library calls once per 4 MiB chunk); drawing happens on rich's
+    own thread a few times a second, so the bar costs no measurable throughput.
+    """
+
+    def __init__(self, description: str) -> None:
+        self._description = description
+        self._progress = None
+        self._task = None
+        self._off = False
+
+    def update(self, done: int, total: int) -> None:
+        if self._off:
+            return
+        if self._progress is None:
+            console = _err()
+            if total <= PROGRESS_MIN_BYTES or not console.is_terminal:
+                self._off = True
+                return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                refresh_per_second=5,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self._description, total=total)
+        self._progress.update(self._task, completed=done)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self._off = True
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _passphrase_for_new_key() -> bytes:
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
@@ -130,60 +189,129 @@ _SAMPLE_HELP = ".npz with one array per model input (default: random data at the
 
 def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
              backend: str, golden: bool, sample_input: Optional[Path]):  # noqa: ANN202
-    from .build import BuildRequest
-    from .model import parse_shape, parse_size
+    from .spec import request_from_flags  # the same mapping a spec file goes through
 
-    return BuildRequest(
-        model=model,
-        name=name,
-        version=version,
-        targets=list(target),
-        shapes=[parse_shape(s) for s in shape],
-        workspace=parse_size(workspace) if workspace else None,
-        backend=backend,
-        golden=golden,
-        sample_input=sample_input,
-    )
+    return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input)
+
+
+_SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per [[model]]; replaces MODEL and the build flags."
+_SPEC_KEEPS = ("spec", "key", "out")  # the only flags that go with --spec: the rest live in the file
+
+
+def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, always_need: tuple) -> None:
+    """Without --spec, what the flags path has always required; with it, no build flags.
+
+    The required parameters are optional to click (so --spec can stand in for them) and checked
+    here, in declaration order, with click's own MissingParameter: the messages stay as they were.
+    """
+    need = flags_need + always_need if spec is None else always_need
+    for p in ctx.command.params:
+        if p.name in need and not ctx.params.get(p.name):
+            # typer vendors click in some versions: take the class from the module typer uses
+            missing = getattr(sys.modules[typer.BadParameter.__module__], "MissingParameter")
+            raise missing(ctx=ctx, param=p)
+    if spec is None:
+        return
+    given = [
+        ("/".join(p.opts + p.secondary_opts) if p.param_type_name == "option" else str(p.name).upper())
+        for p in ctx.command.params
+        if p.name not in _SPEC_KEEPS
+        and getattr(ctx.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        from .errors import UsageError
+
+        _fail(UsageError(f"--spec cannot be combined with {', '.join(given)}: put them in the spec file "
+                         f"(only --key and --out go with --spec)"), False)
 
 
 def _engine_table(engines, title: str) -> Table:  # noqa: ANN001
     t = Table(title=title)
-    for col in ("target", "cc", "engine", "size", "backend", "header", "build s"):
+    for col in ("target", "cc", "precision", "engine", "size", "backend", "header", "build s"):
         t.add_column(col)
     for e in engines:
         if e.header is None:
             hdr = "onnx (cpu target)"
         else:
             hdr = f"{e.header.product} {e.header.version}" + (f" cc {','.join(e.header.cc)}" if e.header.cc else "")
-        t.add_row(e.target.label, e.target.cc or "-", e.path.split("/")[-1], f"{e.size:,}",
+        t.add_row(e.target.label, e.target.cc or "-", e.build.precision, e.path.split("/")[-1], f"{e.size:,}",
                   f"{e.backend.name} {e.backend.version}", hdr, f"{e.duration_s:.2f}")
     return t
 
 
-def _progress(stage: str, target) -> None:  # noqa: ANN001
-    where = "onnxruntime" if target.is_cpu else (target.cc_str or "local GPU")
-    _err().print(f"[dim]building {target.label} ({where})…[/]")
+class _BuildDisplay:
+    """Live table of builds (target, precision, stage, elapsed) on stderr, fed by `BuildEvent`s.
+
+    On a terminal it is a rich Live table; in CI logs it prints one line when a build starts,
+    finishes or fails. It stops by itself once every build it has seen queued has ended.
+    """
+
+    _END = ("done", "failed", "cancelled")
+
+    def __init__(self) -> None:
+        self._rows: dict = {}
+        self._live = None
+        self._console = _err()
+
+    def _table(self) -> Table:
+        t = Table(title="builds", expand=False)
+        for col in ("target", "precision", "engine", "stage", "elapsed"):
+            t.add_column(col)
+        styles = {"done": "green", "failed": "bold red", "cancelled": "yellow", "building": "cyan"}
+        for ev in self._rows.values():
+            st = styles.get(ev.stage)
+            stage = f"[{st}]{ev.stage}[/]" if st else ev.stage
+            t.add_row(ev.target, ev.precision, ev.job, stage, f"{ev.elapsed_s:.1f}s")
+        return t
+
+    def __call__(self, ev) -> None:  # noqa: ANN001 - bundler.build.BuildEvent
+        prev = self._rows.get(ev.job)
+        self._rows[ev.job] = ev
+        if self._console.is_terminal:
+            from rich.live import Live
+
+            if self._live is None:
+                self._live = Live(self._table(), console=self._console, refresh_per_second=8)
+                self._live.start()
+            self._live.update(self._table())
+        elif ev.stage in ("building", "done", "failed") and (prev is None or prev.stage != ev.stage):
+            extra = f" after {ev.elapsed_s:.1f}s" if ev.stage != "building" else ""
+            msg = f": {ev.message}" if ev.stage == "failed" and ev.message else ""
+            self._console.print(f"{ev.stage} {ev.target} ({ev.precision}){extra}{escape(msg)}", markup=False)
+        if self._live is not None and all(r.stage in self._END for r in self._rows.values()):
+            self._live.stop()
+            self._live = None
 
 
 @app.command("build")
 def build_cmd(
-    model: Path = typer.Argument(..., help="The source ONNX model."),
-    name: str = typer.Option(..., "--name", help="Bundle name."),
-    version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
-    out: Path = typer.Option(..., "--out", help="Build directory to create (must not exist)."),
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Argument(None, help="The source ONNX model (not with --spec)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bundle name."),
+    version: Optional[str] = typer.Option(None, "--version", help="Semantic version, e.g. 1.2.0."),
+    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Build directory to create (must not exist); with --spec, the directory for one NAME-VERSION build directory per model. Required."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
     from .build import build
 
+    _spec_usage(ctx, spec, ("model", "name", "version", "target"), ("out",))
+
     def go() -> None:
+        if spec is not None:
+            from .spec import build_all, load_spec
+
+            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=lambda _e, d, rec: _out().print(
+                _engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}")))
+            return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
-        rec = build(req, out, progress=_progress)
+        rec = build(req, out, progress=_BuildDisplay())
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
 
     _run(False, go)
@@ -206,30 +334,47 @@ def seal_cmd(
     """Seal build directories into one signed, deterministic bundle tar."""
     from .seal import seal
 
-    _run(False, lambda: _print_seal(seal(build_dirs, _load_signing_key(key), out)))
+    def go() -> None:
+        signing_key = _load_signing_key(key)
+        with _Bar("sealing") as bar:
+            res = seal(build_dirs, signing_key, out, progress=lambda _path, done, total: bar.update(done, total))
+        _print_seal(res)
+
+    _run(False, go)
 
 
 @app.command("create")
 def create_cmd(
-    model: Path = typer.Argument(..., help="The source ONNX model."),
-    name: str = typer.Option(..., "--name", help="Bundle name."),
-    version: str = typer.Option(..., "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option(..., "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
-    key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Argument(None, help="The source ONNX model (not with --spec)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bundle name."),
+    version: Optional[str] = typer.Option(None, "--version", help="Semantic version, e.g. 1.2.0."),
+    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Private signing key (PEM). Required."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
     from .api import create
 
+    _spec_usage(ctx, spec, ("model", "name", "version", "target"), ("key",))
+
     def go() -> None:
+        if spec is not None:
+            from .spec import create_all, load_spec
+
+            entries = load_spec(spec)  # every model checked before the key is asked for or anything built
+            signing_key = _load_signing_key(key)
+            create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
+            return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        _print_seal(create(request, signing_key, out, progress=_progress))
+        _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
 
     _run(False, go)
 
@@ -249,7 +394,12 @@ def _print_report(rep) -> None:  # noqa: ANN001
     if rep.ok:
         c.print(f"[bold green]VERIFIED[/] {rep.name} {rep.version}  ({rep.bundle})")
     for s in rep.signers:
-        state = "trusted, valid" if s.valid else ("untrusted, not checked" if not s.trusted else "INVALID")
+        if s.valid:
+            state = "trusted, valid"
+        elif s.valid is False:
+            state = "INVALID under the trusted keys"
+        else:
+            state = "untrusted key, not checked"
         c.print(f"signer:  {s.key_id or '(no key hint)'}  {escape(f'[{state}]')}")
     if rep.sha256:
         c.print(f"sha256:  {rep.sha256}")
@@ -273,7 +423,9 @@ def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host:
     from .verify import verify_bundle
 
     def go() -> None:
-        rep = verify_bundle(bundle, _trust(trust), require_host=require_host, extract_to=dest)
+        trusted = _trust(trust)
+        with _Bar("verifying" if dest is None else "extracting") as bar:
+            rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update)
         if json_mode:
             print(json.dumps(rep.to_dict(), indent=2))
         else:
@@ -379,6 +531,37 @@ def _print_inspect(rep) -> None:  # noqa: ANN001
         c.print(f"note: {n}")
 
 
+@app.command("inspect-engine")
+def inspect_engine_cmd(
+    file: Path = typer.Argument(..., help="An engine file, a .bundle.tar, or an extracted bundle directory."),
+    json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
+) -> None:
+    """Read engine headers offline (no GPU, no TensorRT): runtime, version, compute capabilities."""
+    from .engine_header import inspect_engine_file
+
+    def go() -> None:
+        rep = inspect_engine_file(file)
+        if json_mode:
+            print(json.dumps({"ok": True, "exit_code": 0, "error": None, **rep.to_dict()}, indent=2))
+            return
+        c = _out()
+        for n in rep.notes:
+            c.print(f"[bold yellow]{escape(n)}[/]")
+        t = Table(title=f"engine headers: {rep.path}")
+        for col in ("engine", "size", "runtime", "version", "cc", "GPUs"):
+            t.add_column(col)
+        for e in rep.engines:
+            h = e.header
+            cc = ", ".join(h.cc) if h.cc else ("none set" if h.cc is not None else "not recorded")
+            if h.cc_mask is not None and h.cc is not None and h.cc_mask & ~0x3F:
+                cc += f" (unknown bits, mask {h.cc_mask:#x})"
+            gpus = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in e.gpus.items()) or "-"
+            t.add_row(escape(e.name), f"{e.size:,}", h.product, h.version, cc, gpus)
+        c.print(t)
+
+    _run(json_mode, go)
+
+
 @app.command("verifier")
 def verifier_cmd(
     print_digest: bool = typer.Option(False, "--print-digest", help="Print the SHA-256 of the standalone verifier."),
@@ -395,8 +578,7 @@ def verifier_cmd(
         if out is not None:
             write_verifier(out)
             _err().print(f"wrote {out}; check on the closed host: sha256sum {out.name} must print {digest}")
-        if print_digest or out is None:
-            print(digest)
+        print(digest)  # with or without --out: what to compare the copy against
 
     _run(False, go)
 

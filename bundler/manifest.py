@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 FORMAT_VERSION = "trt-bundle/1"
 BUILD_FORMAT_VERSION = "trt-bundler-build/1"
 
-Dim = Union[int, str]  # a static size, a symbolic dim name, or "?" for an unnamed dynamic dim
+Dim = Union[int, str, None]  # a static size, a symbolic dim name (verbatim, even "?"), or None: unnamed dynamic
 
 
 @dataclass
@@ -72,6 +72,7 @@ class BuildSettings:
     precision: str
     workspace: Optional[int] = None
     optimization_level: Optional[int] = None
+    timing_cache: Optional[str] = None  # full TensorRT: the cache file used and its digest
 
 
 @dataclass
@@ -117,6 +118,49 @@ class GoldenInfo:
 
 
 @dataclass
+class InputStats:
+    min: float
+    max: float
+    mean: float
+    std: float
+
+
+@dataclass
+class CalibrationInfo:
+    """What int8/fp8 scales were computed from: the classic INT8 failure is a set that does not
+    represent the field (day-only images, and the model breaks at night), so it is on record."""
+
+    source: str  # file or directory name as given
+    sha256: str  # over the sorted .npz files' names and bytes
+    files: int
+    samples: int
+    batch: int  # samples per calibration batch (fits the profile)
+    inputs: Dict[str, InputStats]
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class AccuracyInfo:
+    measured_with: Optional[str]  # None when the graph could not be run on the CPU
+    max_abs_err: Optional[float]
+    max_rel_err: Optional[float]
+    note: str = ""
+
+
+@dataclass
+class PrecisionVariant:
+    """A converted graph the engines of one precision were built from."""
+
+    precision: str
+    graph: str  # bundle-relative path of the converted ONNX file
+    sha256: str
+    size: int
+    converter: str
+    accuracy: Optional[AccuracyInfo] = None
+    calibration: Optional[CalibrationInfo] = None
+
+
+@dataclass
 class FileEntry:
     path: str
     size: int
@@ -132,6 +176,7 @@ class BuildRecord:
     model: ModelInfo
     engines: List[EngineRecord]
     golden: Optional[GoldenInfo] = None
+    variants: List[PrecisionVariant] = field(default_factory=list)
     format: str = BUILD_FORMAT_VERSION
 
 
@@ -144,6 +189,7 @@ class Manifest:
     engines: List[EngineRecord]
     files: List[FileEntry]  # every member but signatures/, manifest.json and SHA256SUMS
     golden: Optional[GoldenInfo] = None
+    variants: List[PrecisionVariant] = field(default_factory=list)
     tool: Dict[str, str] = field(default_factory=dict)
     format: str = FORMAT_VERSION
 
@@ -239,4 +285,6 @@ def parse_json(cls: Type[T], raw: bytes, where: str) -> T:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SchemaError(f"{where}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # digit limits, hostile nesting: still not valid for us
+        raise SchemaError(f"{where}: not usable JSON ({type(e).__name__})") from None
     return from_dict(cls, data, where)

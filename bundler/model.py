@@ -100,9 +100,9 @@ def _tensor_spec(value_info) -> TensorSpec:  # noqa: ANN001 - onnx.ValueInfoProt
             if d.HasField("dim_value") and d.dim_value > 0:
                 shape.append(int(d.dim_value))
             elif d.HasField("dim_param") and d.dim_param:
-                shape.append(d.dim_param)
+                shape.append(d.dim_param)  # verbatim: TensorRT treats equal names as one dimension
             else:
-                shape.append("?")
+                shape.append(None)
     else:
         raise InputError(f"IO {value_info.name!r} has no shape (not even a rank); re-export the model with shapes")
     return TensorSpec(value_info.name, _dtype_name(tt.elem_type), shape)
@@ -180,12 +180,30 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else type(e).__name__
 
 
+def _fmt(shape: Iterable[Dim]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def shared_dims(model: ModelInfo) -> Dict[str, List[Tuple[str, int]]]:
+    """Dim names used on more than one axis. TensorRT takes every use of a name for one dimension,
+    which is right for a batch dim shared by several inputs and wrong when an exporter names
+    unrelated axes alike (rapidocr's cls model calls both H and W '?')."""
+    uses: Dict[str, List[Tuple[str, int]]] = {}
+    for t in model.inputs:
+        for i, d in enumerate(t.shape):
+            if isinstance(d, str):
+                uses.setdefault(d, []).append((t.name, i))
+    return {k: v for k, v in uses.items() if len(v) > 1}
+
+
 def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, ShapeRange]:
     """Turn the model's IO spec plus ``--shape`` arguments into one optimization profile.
 
-    Static inputs need no ``--shape`` (one that is given must agree). Dynamic inputs need one.
-    Dims that share a symbolic name are one dimension to TensorRT, so their ranges must agree;
-    a clash is reported with both inputs named, since TensorRT's own message for it is obscure.
+    Static inputs need no ``--shape`` (one that is given must agree). An input whose only dynamic
+    axis is the leading batch axis defaults to batch 1, which is always safe; any other dynamic
+    axis needs a ``--shape``. Dims that share a name are one dimension to TensorRT, so their
+    ranges must agree; a clash is reported with both axes named and the fix, since TensorRT's own
+    message for it ("profile has min > max" on a dimension the user never named) is obscure.
     """
     by_name = {s.name: s for s in shapes}
     known = {t.name for t in model.inputs}
@@ -204,19 +222,17 @@ def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, 
         dynamic = [i for i, d in enumerate(t.shape) if not isinstance(d, int)]
         spec = by_name.get(t.name)
         if spec is None:
-            if dynamic:
-                dims = "x".join(str(d) for d in t.shape)
+            if dynamic and dynamic != [0]:
                 raise InputError(
-                    f"input {t.name!r} has dynamic dims [{dims}]; pass --shape {t.name}:MIN:OPT:MAX "
+                    f"input {t.name!r} has dynamic dims [{_fmt(t.shape)}]; pass --shape {t.name}:MIN:OPT:MAX "
                     f"(for example --shape {t.name}:{_example(t.shape)})"
                 )
-            static = [int(d) for d in t.shape]  # type: ignore[arg-type]
-            profile[t.name] = ShapeRange(static, list(static), list(static))
-            continue
+            static = [1 if not isinstance(d, int) else int(d) for d in t.shape]
+            spec = ShapeSpec(t.name, tuple(static), tuple(static), tuple(static))
         if len(spec.min) != len(t.shape):
             raise InputError(
                 f"--shape for {t.name!r} has rank {len(spec.min)}, but the model's input has rank {len(t.shape)} "
-                f"({'x'.join(str(d) for d in t.shape)})"
+                f"({_fmt(t.shape)})"
             )
         for i, d in enumerate(t.shape):
             rng = (spec.min[i], spec.opt[i], spec.max[i])
@@ -226,7 +242,7 @@ def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, 
                         f"--shape for {t.name!r} sets axis {i} to {rng[0]}:{rng[1]}:{rng[2]}, "
                         f"but the model fixes it at {d}"
                     )
-            elif d != "?":
+            elif isinstance(d, str):
                 prev = symbols.get(d)
                 if prev is None:
                     symbols[d] = (t.name, i, rng)
@@ -234,11 +250,48 @@ def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, 
                     raise InputError(
                         f"dim {d!r} is shared by {prev[0]!r} axis {prev[1]} and {t.name!r} axis {i}, "
                         f"so TensorRT treats them as one dimension, but --shape gives them different ranges "
-                        f"({':'.join(map(str, prev[2]))} vs {':'.join(map(str, rng))}); give them equal ranges "
-                        f"or rename the dims in the model"
+                        f"({':'.join(map(str, prev[2]))} vs {':'.join(map(str, rng))}); give them equal ranges, "
+                        f"or give each axis its own name: bundle fix-dims MODEL.onnx --out FIXED.onnx"
                     )
         profile[t.name] = ShapeRange(list(spec.min), list(spec.opt), list(spec.max))
     return profile
+
+
+def fix_shared_dims(src: Path, out: Path) -> Dict[str, str]:
+    """Give every input axis that shares a dim name with an unrelated axis a name of its own.
+
+    Names shared across different inputs on the same axis index (a batch dim fed to two inputs)
+    are kept; names repeated within one input, or across different axis indices, become
+    ``{input}_dim{axis}``. Returns the renames; writes nothing when there are none.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    init_names = {i.name for i in model.graph.initializer}
+    uses: Dict[str, List[Tuple[str, int]]] = {}
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_param") and d.dim_param:
+                uses.setdefault(d.dim_param, []).append((vi.name, i))
+    clash = {k for k, v in uses.items() if len(v) > 1 and (len({n for n, _ in v}) < len(v) or len({a for _, a in v}) > 1)}
+    renames: Dict[str, str] = {}
+    for vi in model.graph.input:
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_param") and d.dim_param in clash:
+                new = f"{vi.name}_dim{i}"
+                renames[f"{vi.name}[{i}] {d.dim_param!r}"] = new
+                d.dim_param = new
+    if renames:
+        # Outputs and intermediate value_info may use the old names; shape inference recomputes them.
+        for vi in list(model.graph.output) + list(model.graph.value_info):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param in clash:
+                    d.ClearField("dim_param")
+        onnx.checker.check_model(model)
+        onnx.save(model, str(out))
+    return renames
 
 
 def _example(shape: Iterable[Dim]) -> str:

@@ -19,11 +19,20 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
-from .archive import Limits, TarWriter, check_member_name
+from .archive import AsyncSha256, Limits, TarWriter, check_member_name
 from .build import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
-from .manifest import BuildRecord, EngineRecord, FileEntry, Manifest, SchemaError, parse_json, to_json
+from .manifest import (
+    BuildRecord,
+    EngineRecord,
+    FileEntry,
+    Manifest,
+    PrecisionVariant,
+    SchemaError,
+    parse_json,
+    to_json,
+)
 from .model import sha256_file
 from .signing import SIGNATURES_DIR, key_id, make_statement, sign_statement
 
@@ -108,6 +117,29 @@ def _collect(build_dirs: Sequence[Path]) -> Tuple[BuildRecord, List[Tuple[Path, 
     return first, engines, first_dir
 
 
+def _variants(build_dirs: Sequence[Path]) -> Tuple[List[PrecisionVariant], List[_Payload]]:
+    """Converted graphs (fp16, int8, ...) of every build dir; the same precision must be the same graph."""
+    seen: Dict[str, Tuple[Path, PrecisionVariant]] = {}
+    for d in build_dirs:
+        for v in load_build_dir(Path(d)).variants:
+            prev = seen.get(v.precision)
+            if prev is None:
+                seen[v.precision] = (Path(d), v)
+            elif prev[1].sha256 != v.sha256:
+                raise InputError(
+                    f"{d} and {prev[0]} hold different {v.precision} graphs (other converter or calibration data); "
+                    f"build every target of one precision from the same conversion"
+                )
+    variants = [v for _, v in sorted(seen.values(), key=lambda x: x[1].graph)]
+    payloads = []
+    for d, v in sorted(seen.values(), key=lambda x: x[1].graph):
+        src = d / v.graph
+        if not src.is_file() or src.stat().st_size != v.size:
+            raise InputError(f"{src}: converted {v.precision} graph missing or changed since the build")
+        payloads.append(_Payload(src, FileEntry(v.graph, v.size, v.sha256)))
+    return variants, payloads
+
+
 def _golden_payloads(build_dirs: Sequence[Path], record: BuildRecord) -> List[_Payload]:
     """The golden .npz files of the first build dir that has them; the others must agree."""
     if record.golden is None:
@@ -174,6 +206,8 @@ def seal(
         raise InputError(f"{model_src}: source model missing or changed since the build")
     payloads.append(_Payload(model_src, FileEntry(record.model.path, record.model.size, record.model.sha256)))
     payloads += _golden_payloads(build_dirs, record)
+    variants, variant_payloads = _variants(build_dirs)
+    payloads += variant_payloads
     runtime = [
         (f"{RUNTIME_DIR}/{n}", data, mode) for n, data, mode in runtime_files()
     ]
@@ -193,6 +227,7 @@ def seal(
         engines=[e for _, e in sorted(engines, key=lambda x: x[1].path)],
         files=[p.entry for p in payloads] + runtime_entries,
         golden=record.golden,
+        variants=variants,
         tool={"name": "trt-bundler", "version": __version__},
     )
     manifest_bytes = to_json(manifest)
@@ -218,28 +253,33 @@ def seal(
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
         with os.fdopen(fd, "wb") as raw:
-            out = _HashingWriter(raw)
-            tw = TarWriter(out, epoch or 0)
+            out = _BufferedWriter(raw)
+            tw = TarWriter(out, epoch or 0, digest=True)  # the bundle digest, on its own thread
             tw.add_bytes(f"{root}/{SIGNATURES_DIR}/{kid}.sig", signature)
             tw.add_bytes(f"{root}/{MANIFEST}", manifest_bytes)
             tw.add_bytes(f"{root}/{SHA256SUMS}", sums)
             total = sum(p.entry.size for p in payloads)
             done = 0
             for p in payloads:
-                h = hashlib.sha256()
+                h = AsyncSha256()  # the member check, on a second thread: two cores hash at once
+                tick = None
+                if progress is not None:
+                    tick = _Ticker(progress, p.entry.path, done, total)
                 with open(p.src, "rb") as f:
-                    tw.add_stream(f"{root}/{p.entry.path}", f, p.entry.size, p.mode, h.update)
+                    tw.add_stream(f"{root}/{p.entry.path}", f, p.entry.size, p.mode, tick, digest=h)
                 if h.hexdigest() != p.entry.sha256:
                     raise InputError(f"{p.src}: content changed since it was built (sha256 differs from {BUILD_RECORD})")
                 done += p.entry.size
                 if progress:
                     progress(p.entry.path, done, total)
+                out.start_writeback()
             for path, data, mode in runtime:
                 tw.add_bytes(f"{root}/{path}", data, mode)
             tw.close()
             out.flush()
             raw.flush()
             os.fsync(raw.fileno())
+            digest = tw.hexdigest()
         _publish(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -247,23 +287,43 @@ def seal(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return SealResult(final, out.sha256.hexdigest(), kid, manifest)
+    return SealResult(final, digest, kid, manifest)
 
 
-class _HashingWriter:
-    """Buffers small writes and hashes everything written: the bundle digest costs no re-read."""
+class _Ticker:
+    """Calls ``progress(path, bytes done, total)`` as a payload's chunks are copied."""
+
+    def __init__(self, progress: Callable[[str, int, int], None], path: str, done: int, total: int) -> None:
+        self._progress, self._path, self._done, self._total = progress, path, done, total
+
+    def __call__(self, chunk: memoryview) -> None:
+        self._done += len(chunk)
+        self._progress(self._path, self._done, self._total)
+
+
+class _BufferedWriter:
+    """Buffers small writes (headers, padding); large ones go straight to the file.
+
+    Every ``WRITEBACK_EVERY`` bytes it asks the kernel to start writing the finished range to disk
+    (sync_file_range, Linux), so that the final fsync does not wait for the whole bundle at once.
+    """
+
+    WRITEBACK_EVERY = 64 << 20
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self.sha256 = hashlib.sha256()
         self._buf = bytearray()
+        self._written = 0
+        self._flushed_to = 0
 
     def write(self, data) -> int:  # noqa: ANN001
         n = len(data)
-        self.sha256.update(data)
         if n >= (1 << 16):
             self.flush()
             self._raw.write(data)
+            self._written += n
+            if self._written - self._flushed_to >= self.WRITEBACK_EVERY:
+                self.start_writeback()
         else:
             self._buf += data
             if len(self._buf) >= (1 << 20):
@@ -273,7 +333,41 @@ class _HashingWriter:
     def flush(self) -> None:
         if self._buf:
             self._raw.write(self._buf)
+            self._written += len(self._buf)
             self._buf.clear()
+
+    def start_writeback(self) -> None:
+        """Start (not wait for) writeback of what was written so far; best effort."""
+        if self._written > self._flushed_to:
+            self._raw.flush()
+            start_writeback(self._raw.fileno(), self._flushed_to, self._written - self._flushed_to)
+            self._flushed_to = self._written
+
+
+_sync_file_range = None
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): queue a range for writeback without waiting.
+
+    Best effort and Linux only (elsewhere, and on any error, it does nothing): it only moves disk
+    work earlier so that it overlaps hashing; the fsync before publishing is what guarantees it.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _sync_file_range = fn
+        except (OSError, AttributeError):
+            pass
+    if _sync_file_range:
+        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import os
 import stat
 from dataclasses import dataclass
@@ -266,6 +267,9 @@ def verify_signature(sf: SignatureFile, key: ec.EllipticCurvePublicKey) -> bool:
         return False
 
 
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def parse_statement(payload: bytes, where: str) -> Statement:
     """Parse a signed in-toto statement, checking it is a model-signing v1.0 file manifest."""
     try:
@@ -288,9 +292,8 @@ def parse_statement(payload: bytes, where: str) -> Statement:
             if r["algorithm"] != "sha256":
                 raise ValueError(f"algorithm {r['algorithm']!r}")
             name, digest = r["name"], r["digest"]
-            if not isinstance(name, str) or not isinstance(digest, str) or len(digest) != 64:
+            if not isinstance(name, str) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
                 raise ValueError("bad resource entry")
-            int(digest, 16)
             if name in resources:
                 raise ValueError(f"resource {name!r} listed twice")
             resources[name] = digest.lower()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
-from .archive import Limits, Member, StrictTarReader
+from .archive import AsyncSha256, Limits, Member, StrictTarReader
 from .fsutil import rename_noreplace
 from .engine_header import HEADER_SIZE, HeaderError, parse_header, version_matches
 from .errors import (
@@ -388,14 +387,13 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
                 f"{member.name}: size {member.size} differs from the signed {expected_size}", member=member.name
             )
         if rel in (MANIFEST, SHA256SUMS) and member.size > MAX_MANIFEST_SIZE:
-            raise LimitsError(f"{member.name}: manifest of {member.size} bytes is over the limit", member=member.name)
-        h = hashlib.sha256()
+            raise LimitsError(f"{member.name}: {rel} of {member.size} bytes is over the limit", member=member.name)
+        h = AsyncSha256()  # fed by the reader on its own thread, beside the archive digest
         keep: Optional[bytearray] = bytearray() if rel in (MANIFEST, SHA256SUMS) else None
         head = bytearray()
         want_head = rel.startswith("engines/") and not rel.endswith(".log")
 
         def consume(chunk: memoryview) -> None:
-            h.update(chunk)
             if keep is not None:
                 keep.extend(chunk)
             if want_head and len(head) < HEADER_SIZE:
@@ -406,7 +404,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
 
         if sink is not None:
             sink.begin(rel, member.mode)
-        reader.read_data(consume)
+        reader.read_data(consume, digest=h)
         if sink is not None:
             sink.end()
         fr.size, fr.sha256 = member.size, h.hexdigest()
@@ -507,6 +505,10 @@ def _load_manifest(raw: bytes, st: _State, root: str) -> None:
     for ref in refs:
         if ref not in listed:
             raise BindingError(f"{where}: refers to {ref}, which is not a signed file", member=where)
+    for v in m.variants:
+        vf = listed.get(v.graph)
+        if vf is None or vf.sha256 != v.sha256 or vf.size != v.size:
+            raise BindingError(f"{where}: {v.precision} graph {v.graph} is not listed with its size and digest", member=where)
     for e in m.engines:
         f = listed.get(e.path)
         if f is None or f.sha256 != e.sha256 or f.size != e.size:

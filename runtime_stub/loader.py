@@ -205,7 +205,22 @@ class Cuda:
             self.dtoh(dst, dev, nbytes, s)
             self.sync(s)
             dt = time.perf_counter() - t0
-            return {"bytes": nbytes, "equal": bool((a == b).all()), "seconds": dt}
+            equal = bool((a == b).all())
+            # The same copies captured as a CUDA graph and replayed: the path `bench` uses.
+            b[:] = 0
+            a[:] = a[::-1].copy()
+            self.begin_capture(s)
+            self.htod(dev, src, nbytes, s)
+            self.dtoh(dst, dev, nbytes, s)
+            exe = self.end_capture(s)
+            try:
+                self.graph_launch(exe, s)
+                self.sync(s)
+            finally:
+                self.lib.cuGraphExecDestroy(exe)
+            graph_equal = bool((a == b).all())
+            return {"bytes": nbytes, "equal": equal and graph_equal, "copies_equal": equal,
+                    "graph_replay_equal": graph_equal, "seconds": dt}
         finally:
             self.free(dev)
             self.host_free(src)
@@ -295,7 +310,7 @@ def assess(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[
     for e in manifest.get("engines", []):
         backend = e["backend"]["name"]
         header = e.get("header") or {}
-        item = {"path": e["path"], "target": e["target"]["label"], "backend": backend,
+        item = {"path": e["path"], "target": e["target"]["label"], "backend": backend, "precision": e["build"]["precision"],
                 "version": header.get("version") or e["backend"]["version"], "fits": False, "why": "", "gpu": None}
         if backend == "onnxruntime":
             if "onnxruntime" in runtimes:
@@ -324,13 +339,21 @@ def assess(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[
         else:
             item.update(fits=True, why="GPU %d %s (cc %s) with %s %s" % (gpu["index"], gpu["name"], gpu["cc"], product, rt), gpu=gpu["index"])
         out.append(item)
-    # GPU engines before the cpu one: a GPU that fits is why the bundle was made.
-    out.sort(key=lambda i: (not i["fits"], i["backend"] == "onnxruntime", i["path"]))
+    # GPU engines before the cpu one (a GPU that fits is why the bundle was made); then the
+    # precision the model was trained in before reduced ones, unless --precision says otherwise.
+    order = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "fp8": 4}
+    out.sort(key=lambda i: (not i["fits"], i["backend"] == "onnxruntime", order.get(i["precision"], 9), i["path"]))
     return out
 
 
-def choose(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[str, str], want: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def choose(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[str, str], want: Optional[str],
+           precision: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     items = assess(manifest, gpus, runtimes)
+    if precision:
+        items = [i for i in items if i["precision"] == precision]
+        if not items:
+            have = sorted({e["build"]["precision"] for e in manifest["engines"]})
+            raise LoaderError("--precision %s: the bundle has engines in %s" % (precision, ", ".join(have)), EXIT_USAGE)
     if want:
         items = [i for i in items if i["target"] == want or i["path"] == want or i["path"].split("/")[-1] == want]
         if not items:
@@ -398,6 +421,16 @@ class TrtRunner:
         self.buffers: Dict[str, Tuple[int, int, int]] = {}  # name -> (device ptr, pinned host ptr, bytes)
         self.graph = None
         self.graph_shapes = None
+        self.profile = 0
+
+    def use_profile(self, index: int) -> None:
+        """Select the optimization profile the next inputs fit (engines may have several)."""
+        if index != self.profile:
+            if not self.context.set_optimization_profile_async(index, self.stream):
+                raise LoaderError("TensorRT refused optimization profile %d" % index, EXIT_RUNTIME)
+            self.cuda.sync(self.stream)
+            self.profile = index
+            self.graph = None
 
     def _buffer(self, name: str, nbytes: int) -> Tuple[int, int, int]:
         cur = self.buffers.get(name)
@@ -507,8 +540,9 @@ def open_runner(root: Path, item: Dict[str, Any], record: Dict[str, Any], cuda: 
 
 # -- inputs ---------------------------------------------------------------------------------------
 
-def check_feeds(record: Dict[str, Any], model: Dict[str, Any], feeds: Dict[str, Any]) -> None:
-    """Names, dtypes and shapes inside the engine's optimization profile, before anything runs."""
+def check_feeds(record: Dict[str, Any], model: Dict[str, Any], feeds: Dict[str, Any]) -> int:
+    """Names, dtypes and shapes inside one of the engine's optimization profiles, before anything
+    runs. Returns the index of the first profile that fits."""
     import numpy as np
 
     want = {t["name"]: t for t in model["inputs"]}
@@ -516,16 +550,23 @@ def check_feeds(record: Dict[str, Any], model: Dict[str, Any], feeds: Dict[str, 
     extra = sorted(set(feeds) - set(want))
     if missing or extra:
         raise LoaderError("inputs needed: %s; given: %s" % (", ".join(sorted(want)), ", ".join(sorted(feeds)) or "none"), EXIT_INPUT)
-    profile = record["build"]["profiles"][0]
     for name, a in feeds.items():
         t = want[name]
         if a.dtype != np.dtype(t["dtype"]):
             raise LoaderError("input %s is %s; the model takes %s" % (name, a.dtype, t["dtype"]), EXIT_INPUT)
+    profiles = record["build"]["profiles"]
+
+    def fits(profile: Dict[str, Any], name: str, a: Any) -> bool:
         rng = profile[name]
-        ok = a.ndim == len(rng["min"]) and all(lo <= d <= hi for d, lo, hi in zip(a.shape, rng["min"], rng["max"]))
-        if not ok:
-            raise LoaderError("input %s has shape %s, outside the engine's profile %s .. %s" % (
-                name, "x".join(map(str, a.shape)), "x".join(map(str, rng["min"])), "x".join(map(str, rng["max"]))), EXIT_INPUT)
+        return a.ndim == len(rng["min"]) and all(lo <= d <= hi for d, lo, hi in zip(a.shape, rng["min"], rng["max"]))
+
+    for i, profile in enumerate(profiles):
+        if all(fits(profile, n, a) for n, a in feeds.items()):
+            return i
+    name, a = next((n, a) for n, a in feeds.items() if not fits(profiles[0], n, a))
+    ranges = " or ".join("%s .. %s" % ("x".join(map(str, p[name]["min"])), "x".join(map(str, p[name]["max"]))) for p in profiles)
+    raise LoaderError("input %s has shape %s, outside the engine's profile%s %s" % (
+        name, "x".join(map(str, a.shape)), "s" if len(profiles) > 1 else "", ranges), EXIT_INPUT)
 
 
 def load_npz(path: Path) -> Dict[str, Any]:
@@ -580,10 +621,12 @@ def cmd_info(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cud
         lines.append("gpu %d:    %s, compute capability %s, %.1f GiB" % (g["index"], g["name"], g["cc"], g["memory_bytes"] / 2 ** 30))
     lines.append("runtimes: %s" % (", ".join("%s %s" % kv for kv in sorted(runtimes.items())) or "none"))
     for i in items:
-        lines.append("%s %-8s %s: %s" % ("*" if i["path"] == doc["chosen"] else " ", i["target"], i["path"].split("/")[-1], i["why"]))
+        lines.append("%s %-8s %-5s %s: %s" % ("*" if i["path"] == doc["chosen"] else " ", i["target"], i["precision"],
+                                              i["path"].split("/")[-1], i["why"]))
     if "cuda_check" in doc:
         c = doc["cuda_check"]
-        lines.append("cuda:     %d-byte host->device->host round trip %s in %.2f ms" % (c["bytes"], "OK" if c["equal"] else "MISMATCH", c["seconds"] * 1e3))
+        lines.append("cuda:     %d-byte host->device->host round trip %s in %.2f ms; replayed as a CUDA graph %s" % (
+            c["bytes"], "OK" if c["copies_equal"] else "MISMATCH", c["seconds"] * 1e3, "OK" if c["graph_replay_equal"] else "MISMATCH"))
     lines.append("chosen:   %s" % (doc["chosen"] or "none: no engine fits this host"))
     _print(args, doc, lines)
     if "cuda_check" in doc and not doc["cuda_check"]["equal"]:
@@ -622,7 +665,7 @@ def cmd_selftest(args: argparse.Namespace, root: Path, manifest: Dict[str, Any],
     if not golden:
         raise LoaderError("this bundle has no golden data (it was created with --no-golden)", EXIT_INPUT)
     host = _host(cuda)
-    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
     inputs = load_npz(root / golden["inputs"])
     ref = load_npz(root / golden["outputs"])
     precision = record["build"]["precision"]
@@ -661,10 +704,12 @@ def cmd_run(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda
     if Path(args.output).exists():
         raise LoaderError("%s: already exists; not overwritten" % args.output, EXIT_INPUT)
     host = _host(cuda)
-    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
-    check_feeds(record, manifest["model"], feeds)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
+    profile = check_feeds(record, manifest["model"], feeds)
     runner = open_runner(root, item, record, cuda)
     try:
+        if isinstance(runner, TrtRunner):
+            runner.use_profile(profile)
         outputs = runner.infer(feeds)
     finally:
         runner.close()
@@ -683,7 +728,7 @@ def cmd_bench(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cu
     if not golden:
         raise LoaderError("bench uses the bundle's golden inputs; this bundle has none", EXIT_INPUT)
     host = _host(cuda)
-    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine)
+    item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
     feeds = load_npz(root / golden["inputs"])
     runner = open_runner(root, item, record, cuda)
     graph = False
@@ -726,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verifier", help="verify.py to use (default: runtime/verify.py of the bundle)")
     common.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     common.add_argument("--engine", help="force an engine, by target label or file name")
+    common.add_argument("--precision", help="only engines of this precision (fp32, fp16, bf16, int8, fp8)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
     p = argparse.ArgumentParser(prog="loader.py", description="Run a verified bundle's engine on this host.")
     sub = p.add_subparsers(dest="command")

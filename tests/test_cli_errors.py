@@ -24,7 +24,6 @@ def assert_no_output(tmp_path):  # noqa: ANN001
 @pytest.mark.parametrize(
     "extra, code, needle",
     [
-        (("--target", "sm_86"), 3, "pass --shape input:MIN:OPT:MAX"),
         (("--target", "sm_86", "--shape", "input:1x3x64"), 3, "rank 3"),
         (("--target", "sm_86", "--shape", "input:4x3x64x64:1x3x64x64:8x3x64x64"), 3, "min <= opt <= max"),
         (("--target", "sm_86", "--shape", "input:1x3x32x32:1x3x64x64:1x3x64x64"), 3, "the model fixes it at 64"),
@@ -182,3 +181,20 @@ def test_unwritable_output_is_an_output_error(tmp_path, keys):
     assert r.code == 6, r.err
     r = run_bundle("keys", "generate", "k", "--dir", blocker / "keys", "--no-passphrase")
     assert r.code == 6, r.err
+
+
+def test_dynamic_batch_defaults_to_one_other_dynamic_dims_need_a_shape(tmp_path, keys):
+    # Only the batch axis is dynamic: batch 1 is always a safe default.
+    r = create(tmp_path, keys, SAMPLE, "--target", "sm_86")
+    assert r.code == 0, r.err
+    # A dynamic spatial axis has no safe default: the error says what to pass.
+    x = helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    g = helper.make_graph([helper.make_node("Relu", ["img"], ["out"])], "g", [x], [y])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    out = tmp_path / "o2"
+    r = run_bundle("create", path, "--name", "d", "--version", "1.0.0", "--key", keys["release"]["key"], "--out", out,
+                   "--target", "sm_86", "--backend", "tensorrt-rtx")
+    assert r.code == 3 and "pass --shape img:MIN:OPT:MAX" in r.err
+    assert not (out / "d-1.0.0.bundle.tar").exists()

@@ -45,6 +45,11 @@ class BuildRequest:
     backend: str = "auto"
     golden: bool = True  # store sample inputs and CPU reference outputs for the loader's selftest
     sample_input: Optional[Path] = None  # .npz with one array per input; random data otherwise
+    precisions: Optional[List[str]] = None  # targets x precisions; None = the graph's own precision
+    profiles: List[List[ShapeSpec]] = field(default_factory=list)  # extra optimization profiles
+    calibration: Optional[Path] = None  # .npz (or a directory of them) for int8/fp8
+    jobs: Optional[int] = None  # parallel build workers; None = number of cores
+    timing_cache: Optional[Path] = None  # full TensorRT only: read, updated, recorded
 
 
 class Backend(Protocol):
@@ -60,16 +65,9 @@ class Backend(Protocol):
         when this backend cannot build for it. Called for every target before any build."""
         ...
 
-    def build(
-        self,
-        model_path: Path,
-        model: ModelInfo,
-        target: Target,
-        profile: Dict[str, ShapeRange],
-        workspace: Optional[int],
-        engine_path: Path,
-        log_path: Path,
-    ) -> EngineRecord: ...
+    def build(self, job: "Job", on_stage: Callable[[str], None]) -> EngineRecord:
+        """Build one engine; ``on_stage`` reports "parsing", "building", "writing"."""
+        ...
 
 
 def select_backend(name: str) -> Backend:
@@ -97,22 +95,30 @@ def select_backend(name: str) -> Backend:
     return TensorRTBackend(mod, name)
 
 
-def engine_stem(model: ModelInfo, profile: Dict[str, ShapeRange], target: Target) -> str:
+def engine_stem(model: ModelInfo, profile: Dict[str, ShapeRange], target: Target, precision: str) -> str:
     """``{model}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``."""
     model_name = safe_stem(Path(model.path).stem)
-    return f"{model_name}_{shape_token(profile, model)}_{model.precision}_{target.label}"
+    return f"{model_name}_{shape_token(profile, model)}_{precision}_{target.label}"
 
 
-ProgressFn = Callable[[str, Target], None]
+@dataclass(frozen=True)
+class BuildEvent:
+    """One step of one build, for live displays: stage is queued, parsing, building, done or failed."""
+
+    job: str  # the engine stem
+    target: str
+    precision: str
+    stage: str
+    elapsed_s: float = 0.0
+    message: str = ""
 
 
-def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None) -> BuildRecord:
-    """Check everything, then build every target into ``out_dir``, which must not exist yet.
+ProgressFn = Callable[[BuildEvent], None]
 
-    The directory appears only when every engine has been built: work happens in a staging
-    directory beside it, so a failed or interrupted build never leaves a half-filled build dir
-    under its final name.
-    """
+
+def _plan_checks(request: BuildRequest):  # noqa: ANN202
+    """Every check that can fail without building anything, in one place, before any build."""
+    from ..precision import check_target_supports, supported
     from ..versioning import check_bundle_name, check_version
 
     check_version(request.version)
@@ -121,29 +127,55 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
         raise InputError("give at least one --target")
     targets = [parse_target(t) for t in request.targets]
     model = load_model(request.model)
-    profile = resolve_profile(model, request.shapes)
+    profiles = [resolve_profile(model, request.shapes)] + [resolve_profile(model, p) for p in request.profiles]
+    precisions = supported(request.precisions) if request.precisions else [model.precision]
+    if model.precision != "fp32" and precisions != [model.precision]:
+        raise InputError(
+            f"the source graph is already {model.precision}; precision conversions start from an fp32 graph"
+        )
     gpu_backend = select_backend(request.backend) if any(not t.is_cpu for t in targets) else None
     cpu_backend = None
     if any(t.is_cpu for t in targets):
         from .onnxruntime import OnnxRuntimeBackend
 
         cpu_backend = OnnxRuntimeBackend()
-    plan = []
+    resolved = []
     for t in targets:
         backend = cpu_backend if t.is_cpu else gpu_backend
         assert backend is not None
-        plan.append((backend, backend.resolve(t)))
-    resolved = [t for _, t in plan]
-    labels = [t.label for t in resolved]
+        resolved.append((backend, backend.resolve(t)))
+    labels = [t.label for _, t in resolved]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise InputError(f"target given twice: {', '.join(dupes)}")
+    for _, t in resolved:
+        for p in precisions:
+            check_target_supports(t, p)
+    calibration = None
+    if any(p in ("int8", "fp8") for p in precisions):
+        if request.calibration is None:
+            raise InputError("int8 and fp8 need calibration data: pass --calibration FILE.npz or a directory of them")
+        from ..precision import load_calibration
 
+        calibration = load_calibration(request.calibration, model, profiles[0])
+    elif request.calibration is not None:
+        raise InputError("--calibration is only used for int8 and fp8; add --precision int8 or fp8, or drop it")
+    return model, profiles, precisions, resolved, calibration
+
+
+def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None) -> BuildRecord:
+    """Check everything, then build targets x precisions into ``out_dir``, which must not exist.
+
+    The directory appears only when every engine has been built: work happens in a staging
+    directory beside it, so a failed or interrupted build never leaves a half-filled build dir
+    under its final name. When a build fails, every builder log is kept in ``OUT.failed-logs/``.
+    """
+    model, profiles, precisions, resolved, calibration = _plan_checks(request)
     golden = None
     if request.golden:
         from ..golden import make_golden
 
-        golden = make_golden(request.model, model, profile, request.sample_input)
+        golden = make_golden(request.model, model, profiles[0], request.sample_input)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
@@ -164,23 +196,25 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
             write_npz(staging / INPUTS_NPZ, golden.inputs)
             write_npz(staging / OUTPUTS_NPZ, golden.outputs)
             golden_info = _info(golden, request.sample_input, 0)
-        records = []
-        for backend, target in plan:
-            if progress:
-                progress("build", target)
-            stem = engine_stem(model, profile, target)
-            rec = backend.build(
-                request.model,
-                model,
-                target,
-                profile,
-                request.workspace,
-                staging / "engines" / f"{stem}{backend.extension}",
-                staging / "engines" / f"{stem}.log",
-            )
-            records.append(rec)
+        variants, graphs = _convert_all(request, model, precisions, calibration, golden, staging)
+        jobs = []
+        for precision in precisions:
+            for backend, target in resolved:
+                stem = engine_stem(model, profiles[0], target, precision)
+                jobs.append(Job(
+                    stem=stem, backend=backend.name, target=target, precision=precision, model=model,
+                    model_path=graphs[precision], profiles=profiles, workspace=request.workspace,
+                    engine_path=staging / "engines" / f"{stem}{backend.extension}",
+                    log_path=staging / "engines" / f"{stem}.log", timing_cache=request.timing_cache,
+                ))
+        try:
+            records = run_jobs(jobs, request.jobs, progress)
+        except BuildError:
+            _keep_logs(staging, out_dir)
+            raise
         record = BuildRecord(
-            name=request.name, version=request.version, model=model, engines=records, golden=golden_info
+            name=request.name, version=request.version, model=model, engines=records, golden=golden_info,
+            variants=variants,
         )
         (staging / BUILD_RECORD).write_bytes(to_json(record))
         os.chmod(staging, 0o755)  # mkdtemp made it 0700
@@ -192,3 +226,43 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return record
+
+
+def _convert_all(request, model, precisions, calibration, golden, staging):  # noqa: ANN001, ANN202
+    """Write each precision's graph into the staging dir and measure it against fp32 on the CPU."""
+    from ..manifest import PrecisionVariant
+    from ..precision import convert, measure_accuracy, sha256_and_size, variant_path
+
+    graphs: Dict[str, Path] = {}
+    variants = []
+    for p in precisions:
+        if p == model.precision:
+            graphs[p] = Path(request.model)
+            continue
+        rel = variant_path(model, p)
+        out = staging / rel
+        batches, cal_info = (calibration if p in ("int8", "fp8") and calibration else (None, None))
+        converter = convert(Path(request.model), p, out, batches)
+        digest, size = sha256_and_size(out)
+        accuracy = measure_accuracy(out, golden.inputs, golden.outputs) if golden is not None else None
+        variants.append(PrecisionVariant(
+            precision=p, graph=rel, sha256=digest, size=size, converter=converter, accuracy=accuracy,
+            calibration=cal_info,
+        ))
+        graphs[p] = out
+    return variants, graphs
+
+
+def _keep_logs(staging: Path, out_dir: Path) -> None:
+    """A failed build still leaves every builder log, beside where the output would have been."""
+    logs = sorted((staging / "engines").glob("*.log"))
+    if not logs:
+        return
+    dest = out_dir.with_name(out_dir.name + ".failed-logs")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in logs:
+        shutil.copyfile(log, dest / log.name)
+
+
+from .jobs import Job, run_jobs  # noqa: E402 - jobs imports engine_stem's neighbours lazily

@@ -14,7 +14,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..errors import BuildError
 from ..manifest import BackendInfo, BuildSettings, EngineRecord, ModelInfo, ShapeRange, TargetInfo
@@ -40,42 +40,34 @@ class OnnxRuntimeBackend:
             raise BuildError(f"target {target.label}: the onnxruntime backend builds the cpu target only")
         return target
 
-    def build(
-        self,
-        model_path: Path,
-        model: ModelInfo,
-        target: Target,
-        profile: Dict[str, ShapeRange],
-        workspace: Optional[int],
-        engine_path: Path,
-        log_path: Path,
-    ) -> EngineRecord:
+    def build(self, job, on_stage: Callable[..., None]) -> EngineRecord:  # noqa: ANN001 - jobs.Job
         started = _dt.datetime.now(_dt.timezone.utc)
         t0 = time.monotonic()
-        shutil.copyfile(model_path, engine_path)
+        on_stage("building")
+        shutil.copyfile(job.model_path, job.engine_path)
         opts = self.ort.SessionOptions()
         opts.log_severity_level = 3
         try:
-            sess = self.ort.InferenceSession(str(engine_path), opts, providers=["CPUExecutionProvider"])
+            sess = self.ort.InferenceSession(str(job.engine_path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise BuildError(f"target cpu: onnxruntime {self.version()} cannot load the model: {first}") from None
+            raise BuildError(f"target cpu ({job.precision}): onnxruntime {self.version()} cannot load the model: {first}") from None
         lines = [
             f"onnxruntime {self.version()} loaded the model with CPUExecutionProvider",
             *(f"input  {i.name}: {i.type} {i.shape}" for i in sess.get_inputs()),
             *(f"output {o.name}: {o.type} {o.shape}" for o in sess.get_outputs()),
-            "the engine file is the source ONNX model, unmodified (portable across onnxruntime versions)",
+            "the engine file is the ONNX graph, unmodified (portable across onnxruntime versions)",
         ]
-        log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        data = engine_path.read_bytes()
+        job.log_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        data = job.engine_path.read_bytes()
         return EngineRecord(
-            path=f"engines/{engine_path.name}",
+            path=f"engines/{job.engine_path.name}",
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
-            log=f"engines/{log_path.name}",
+            log=f"engines/{job.log_path.name}",
             target=TargetInfo(label="cpu", cc=None, gpu=None),
             backend=BackendInfo(name=self.name, module="onnxruntime", version=self.version()),
-            build=BuildSettings(profiles=[profile], precision=model.precision, workspace=None, optimization_level=None),
+            build=BuildSettings(profiles=list(job.profiles), precision=job.precision, workspace=None, optimization_level=None),
             header=None,
             host=socket.gethostname(),
             started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),

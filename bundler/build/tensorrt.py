@@ -22,7 +22,7 @@ import socket
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from ..cuda import query_gpus
 from ..engine_header import HeaderError, parse_header
@@ -104,17 +104,9 @@ class TensorRTBackend:
         return target
 
     # -- the build ---------------------------------------------------------------------------
-    def build(
-        self,
-        model_path: Path,
-        model: ModelInfo,
-        target: Target,
-        profile: Dict[str, ShapeRange],
-        workspace: Optional[int],
-        engine_path: Path,
-        log_path: Path,
-    ) -> EngineRecord:
+    def build(self, job, on_stage: Callable[..., None]) -> EngineRecord:  # noqa: ANN001 - jobs.Job
         trt = self.trt
+        target = job.target
         lines: List[str] = []
 
         class _Logger(trt.ILogger):  # type: ignore[name-defined,misc]
@@ -127,6 +119,7 @@ class TensorRTBackend:
         logger = _Logger()
         started = _dt.datetime.now(_dt.timezone.utc)
         t0 = time.monotonic()
+        label = f"target {target.label} ({job.precision})"
         builder = trt.Builder(logger)
         flags = 0
         major = int(self.version().split(".")[0])
@@ -134,44 +127,48 @@ class TensorRTBackend:
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(model_path)):
+        if not parser.parse_from_file(str(job.model_path)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-            self._write_log(log_path, lines + errors)
+            self._write_log(job.log_path, lines + errors)
             first = errors[0].splitlines()[0] if errors else "unknown parser error"
-            raise BuildError(f"target {target.label}: the TensorRT ONNX parser failed: {first} (log: {log_path.name})")
+            raise BuildError(f"{label}: the TensorRT ONNX parser failed: {first} (log: {job.log_path.name})")
         config = builder.create_builder_config()
-        if workspace:
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
-        opt = builder.create_optimization_profile()
-        for name, rng in profile.items():
-            opt.set_shape(name, tuple(rng.min), tuple(rng.opt), tuple(rng.max))
-        config.add_optimization_profile(opt)
+        if job.workspace:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(job.workspace))
+        for profile in job.profiles:
+            opt = builder.create_optimization_profile()
+            for name, rng in profile.items():
+                opt.set_shape(name, tuple(rng.min), tuple(rng.opt), tuple(rng.max))
+            config.add_optimization_profile(opt)
         if self.is_rtx:
             config.num_compute_capabilities = 1
             config.set_compute_capability(self._rtx_capability(target), 0)
+        cache_note = self._load_timing_cache(config, job.timing_cache)
+        on_stage("building")
         serialized = builder.build_serialized_network(network, config)
         duration = time.monotonic() - t0
         if serialized is None:
-            self._write_log(log_path, lines)
+            self._write_log(job.log_path, lines)
             errs = [l for l in lines if l.startswith(("[ERROR]", "[INTERNAL_ERROR]"))]
             detail = errs[-1] if errs else "no engine produced"
-            raise BuildError(f"target {target.label}: TensorRT build failed: {detail[:300]} (log: {log_path.name})")
-        digest, size = _write_engine(engine_path, serialized)
-        self._write_log(log_path, lines)
-        with open(engine_path, "rb") as f:
+            raise BuildError(f"{label}: TensorRT build failed: {detail[:300]} (log: {job.log_path.name})")
+        on_stage("writing")
+        digest, size = _write_engine(job.engine_path, serialized)
+        self._save_timing_cache(config, job)
+        self._write_log(job.log_path, lines)
+        with open(job.engine_path, "rb") as f:
             head = f.read(64)
         try:
             header = parse_header(head, size)
         except HeaderError as e:
-            raise BuildError(f"target {target.label}: the engine's header is not readable ({e})") from None
+            raise BuildError(f"{label}: the engine's header is not readable ({e})") from None
         gpus = query_gpus()
-        gpu_name = target.gpu
         return EngineRecord(
-            path=f"engines/{engine_path.name}",
+            path=f"engines/{job.engine_path.name}",
             size=size,
             sha256=digest,
-            log=f"engines/{log_path.name}",
-            target=TargetInfo(label=target.label, cc=target.cc_str, gpu=gpu_name),
+            log=f"engines/{job.log_path.name}",
+            target=TargetInfo(label=target.label, cc=target.cc_str, gpu=target.gpu),
             backend=BackendInfo(
                 name=self.name,
                 module=trt.__name__,
@@ -180,16 +177,37 @@ class TensorRTBackend:
                 driver=gpus[0].driver if gpus else None,
             ),
             build=BuildSettings(
-                profiles=[profile],
-                precision=model.precision,
-                workspace=workspace,
+                profiles=list(job.profiles),
+                precision=job.precision,
+                workspace=job.workspace,
                 optimization_level=int(getattr(config, "builder_optimization_level", -1)),
+                timing_cache=cache_note,
             ),
             header=header,
             host=socket.gethostname(),
             started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             duration_s=round(duration, 3),
         )
+
+    def _load_timing_cache(self, config, path: Optional[Path]) -> Optional[str]:  # noqa: ANN001
+        """Full TensorRT: start from the cache file when it exists. TensorRT-RTX has none."""
+        if path is None:
+            return None
+        if self.is_rtx:
+            return "not used: TensorRT-RTX has no timing cache"
+        data = Path(path).read_bytes() if Path(path).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        before = hashlib.sha256(data).hexdigest() if data else "empty"
+        return f"{path} (sha256 before: {before})"
+
+    def _save_timing_cache(self, config, job) -> None:  # noqa: ANN001
+        if job.timing_cache is None or self.is_rtx:
+            return
+        cache = config.get_timing_cache()
+        if cache is not None:
+            out = job.engine_path.with_suffix(".timing-cache")
+            out.write_bytes(memoryview(cache.serialize()))
 
     @staticmethod
     def _write_log(path: Path, lines: List[str]) -> None:

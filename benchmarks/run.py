@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""Benchmark seal / verify / extract against the tools that bound them, in one command.
+
+    python benchmarks/run.py --size 4G              # the issue's targets; about 6 minutes here
+    python benchmarks/run.py --size 1G --runs 3 --rss-sizes ''   # quick look
+
+What it does (all in --workdir, removed afterwards unless --keep):
+
+1. Writes synthetic build directories (benchmarks/fakebuild.py: a valid TensorRT-RTX header, then
+   pseudo-random bytes) - one with a single engine of --size, one with --engines engines that
+   add up to --size - and seals them with the real `bundle seal`.
+2. Times each of our commands against its baseline on the same bytes, alternating A, B, A, B, ...
+   (--runs each), and reports medians and the ratio of medians:
+     seal     `bundle seal BUILD`                vs `cp ENGINE` to the same filesystem (and cp + sync)
+     verify   `bundle verify BUNDLE`             vs `openssl dgst -sha256 BUNDLE`
+     rt-verify `python3 -I runtime/verify.py`    vs the same openssl run (if the file exists)
+     multi    `bundle verify` of the N-engine bundle vs one core computing the same digests
+              (benchmarks/onecore.py) and vs openssl
+     extract  `bundle extract BUNDLE`            vs `tar xf BUNDLE` + `openssl dgst -sha256 BUNDLE`
+3. Peak RSS of seal, verify and extract at each --rss-sizes size (sparse engines: quick to make;
+   the bundle and the extracted copy are still written in full).
+
+Every command runs as a child process; its wall time is measured around it and its peak RSS and
+CPU time come from os.wait4 (that child only, not the maximum over all children). Our commands
+run with stderr on a pseudo-terminal, so their rich progress bars are drawn as a user sees them
+(--no-pty to turn that off). Before every timed run: outputs of the last run are deleted and
+`sync` is run (untimed), so one run's writeback does not land in the next. The page cache cannot
+be dropped here (no root over the VM's caches), so all figures are WARM-CACHE: inputs are read
+once before timing and then come from memory; outputs go to the page cache (seal also fsyncs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+from fakebuild import make_build_dir, parse_size  # noqa: E402
+
+RUNTIME_VERIFY = REPO / "runtime_stub" / "verify.py"
+MiB = 1 << 20
+
+
+@dataclass
+class Sample:
+    wall_s: float
+    cpu_s: float
+    maxrss_mib: float
+    code: int
+
+
+@dataclass
+class Series:
+    label: str
+    argv: List[str]
+    samples: List[Sample] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(s.wall_s for s in self.samples)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(s.cpu_s for s in self.samples)
+
+    @property
+    def maxrss(self) -> float:
+        return max(s.maxrss_mib for s in self.samples)
+
+
+# -- running one child ---------------------------------------------------------------------------
+
+def run_child(argv: Sequence[str], *, pty: bool = False, cwd: Optional[Path] = None) -> Sample:
+    """Run ``argv``; wall time around it, CPU time and peak RSS of this child from wait4."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="120")
+    master = slave = None
+    drained = [0]
+    if pty:
+        master, slave = os.openpty()
+
+        def drain() -> None:
+            while True:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                drained[0] += len(data)
+
+        reader = threading.Thread(target=drain, daemon=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    err_fd = slave if pty else devnull
+    t0 = time.perf_counter()
+    p = subprocess.Popen(list(argv), stdin=devnull, stdout=devnull, stderr=err_fd, cwd=cwd, env=env)
+    if pty:
+        os.close(slave)
+        reader.start()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)  # we reaped it ourselves
+    os.close(devnull)
+    if pty:
+        reader.join(timeout=5)
+        os.close(master)
+    return Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode)
+
+
+def sync() -> None:
+    os.sync()
+
+
+def warm(path: Path) -> None:
+    """Read a file once so that timed runs start from the page cache (warm-cache figures)."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 * MiB)
+        while f.readinto(buf):
+            pass
+
+
+def bundle_argv(*args: object) -> List[str]:
+    return [sys.executable, "-m", "bundler.cli", *map(str, args)]
+
+
+def alternate(pairs: List[Series], runs: int, before, pty_labels=(), ok_codes=(0,), log=print) -> None:  # noqa: ANN001
+    """Run every series ``runs`` times, interleaved: A1 B1 C1 A2 B2 C2 ..."""
+    for i in range(runs):
+        for s in pairs:
+            before(s)
+            sync()
+            sample = run_child(s.argv, pty=s.label in pty_labels)
+            if sample.code not in ok_codes:
+                raise SystemExit(f"{s.label} failed with exit code {sample.code}: {' '.join(s.argv)}")
+            s.samples.append(sample)
+            log(f"  run {i + 1}/{runs} {s.label:<22} {sample.wall_s:7.2f} s  cpu {sample.cpu_s:6.2f} s  "
+                f"rss {sample.maxrss_mib:6.1f} MiB")
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+def machine() -> Dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ossl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cpus": str(os.cpu_count()),
+        "sha_ni": str(" sha_ni" in flags),
+        "memory_gib": f"{mem / (1 << 30):.1f}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": ossl,
+    }
+
+
+def fs_of(path: Path) -> str:
+    try:
+        out = subprocess.run(["df", "-T", str(path)], capture_output=True, text=True).stdout.splitlines()[-1].split()
+        return f"{out[1]} on {out[0]}"
+    except (OSError, IndexError):
+        return "?"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="4G", help="engine size for the timed runs (default 4G)")
+    ap.add_argument("--engines", type=int, default=4, help="engines in the multi-engine bundle (default 4)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs of each command (default 5)")
+    ap.add_argument("--rss-sizes", default="1G,8G", help="sizes for the peak-RSS check ('' to skip)")
+    ap.add_argument("--only", default="seal,verify,rt-verify,multi,extract,rss", help="comma-separated subset")
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in $TMPDIR)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--no-pty", action="store_true", help="run our commands without a terminal (no progress bars)")
+    ap.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the results")
+    a = ap.parse_args(argv)
+
+    size = parse_size(a.size)
+    only = set(a.only.split(","))
+    rss_sizes = [parse_size(s) for s in a.rss_sizes.split(",") if s.strip()] if "rss" in only else []
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="trt-bundler-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    need = size * 4 + max([0, *rss_sizes]) * 2 + (size * 3 if "multi" in only else 0)
+    free = shutil.disk_usage(work).free
+    if free < need * 1.1:
+        raise SystemExit(f"{work}: {free >> 30} GiB free; this run needs about {need >> 30} GiB")
+    pty_labels = () if a.no_pty else ("bundle seal", "bundle verify", "bundle verify (multi)", "bundle extract")
+    results: Dict[str, object] = {
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "filesystem": fs_of(work),
+        "size": size,
+        "runs": a.runs,
+        "cache": "warm (page cache not dropped: not possible here; inputs read once before timing)",
+        "progress_bars": not a.no_pty,
+        "operations": {},
+        "rss": [],
+    }
+    print(f"workdir {work} ({results['filesystem']}); {results['machine']}")
+    try:
+        keydir = work / "keys"
+        subprocess.run(bundle_argv("keys", "generate", "bench", "--dir", keydir, "--no-passphrase"),
+                       check=True, capture_output=True)
+        key, pub = keydir / "bench.key", keydir / "bench.pub"
+        ops = results["operations"]
+        assert isinstance(ops, dict)
+
+        def seal_fresh(build: Path, out: Path) -> Path:
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(bundle_argv("seal", build, "--key", key, "--out", out), check=True, capture_output=True)
+            return next(out.glob("*.bundle.tar"))
+
+        timed = only & {"seal", "verify", "rt-verify", "extract"}
+        if timed:
+            print(f"\n== one engine of {size / (1 << 30):.2f} GiB")
+            build = work / "build-1"
+            t = time.perf_counter()
+            rec = make_build_dir(build, [size])
+            engine = build / rec.engines[0].path
+            print(f"  wrote {engine.name} in {time.perf_counter() - t:.1f} s")
+            bundle = seal_fresh(build, work / "dist-1")
+            bsize = bundle.stat().st_size
+            warm(engine)
+            warm(bundle)
+
+            if "seal" in only:
+                print("-- seal")
+                s_ours = Series("bundle seal", bundle_argv("seal", build, "--key", key, "--out", work / "seal-out"))
+                s_cp = Series("cp", ["cp", str(engine), str(work / "cp-out")])
+                s_cps = Series("cp + sync", ["sh", "-c", f"cp '{engine}' '{work / 'cp-out'}' && sync '{work / 'cp-out'}'"])
+
+                def clean_seal(_s: Series) -> None:
+                    shutil.rmtree(work / "seal-out", ignore_errors=True)
+                    (work / "cp-out").unlink(missing_ok=True)
+
+                alternate([s_ours, s_cp, s_cps], a.runs, clean_seal, pty_labels)
+                clean_seal(s_ours)
+                ops["seal"] = report(s_ours, [s_cp, s_cps], size, "time", 1.15)
+
+            if "verify" in only or "rt-verify" in only:
+                print("-- verify")
+                series = [Series("bundle verify", bundle_argv("verify", bundle, "--trust", pub)),
+                          Series("openssl dgst -sha256", ["openssl", "dgst", "-sha256", str(bundle)])]
+                if "rt-verify" in only and RUNTIME_VERIFY.is_file():
+                    series.append(Series("runtime/verify.py", [sys.executable, "-I", str(RUNTIME_VERIFY), str(bundle), "--trust", str(pub)]))
+                alternate(series, a.runs, lambda s: None, pty_labels)
+                ops["verify"] = report(series[0], [series[1]], bsize, "throughput", 0.9)
+                if len(series) > 2:
+                    ops["rt-verify"] = report(series[2], [series[1]], bsize, "throughput", 0.85)
+                elif "rt-verify" in only:
+                    ops["rt-verify"] = {"skipped": f"{RUNTIME_VERIFY} does not exist"}
+
+            if "extract" in only:
+                print("-- extract")
+                dest, tdest = work / "x-ours", work / "x-tar"
+                s_ours = Series("bundle extract", bundle_argv("extract", bundle, "--trust", pub, "--dest", dest))
+                s_base = Series("tar xf + openssl dgst",
+                                ["sh", "-c", f"mkdir '{tdest}' && tar xf '{bundle}' -C '{tdest}' && openssl dgst -sha256 '{bundle}'"])
+
+                def clean_extract(_s: Series) -> None:
+                    shutil.rmtree(dest, ignore_errors=True)
+                    shutil.rmtree(tdest, ignore_errors=True)
+
+                alternate([s_ours, s_base], a.runs, clean_extract, pty_labels)
+                clean_extract(s_ours)
+                ops["extract"] = report(s_ours, [s_base], bsize, "time", 1.15)
+            shutil.rmtree(build)
+            shutil.rmtree(work / "dist-1")
+
+        if "multi" in only:
+            n = a.engines
+            print(f"\n== {n} engines, {size / (1 << 30):.2f} GiB in all")
+            build = work / "build-n"
+            make_build_dir(build, [size // n] * n)
+            bundle = seal_fresh(build, work / "dist-n")
+            shutil.rmtree(build)
+            warm(bundle)
+            series = [Series("bundle verify (multi)", bundle_argv("verify", bundle, "--trust", pub)),
+                      Series("one core, same digests", [sys.executable, str(HERE / "onecore.py"), str(bundle)]),
+                      Series("openssl dgst -sha256", ["openssl", "dgst", "-sha256", str(bundle)])]
+            alternate(series, a.runs, lambda s: None, pty_labels)
+            ops["multi"] = report(series[0], series[1:], bundle.stat().st_size, "time", 1.0)
+            ops["multi"]["cpu_over_wall"] = round(series[0].cpu_median / series[0].median, 2)
+            shutil.rmtree(work / "dist-n")
+
+        for rsize in rss_sizes:
+            print(f"\n== peak RSS, one sparse engine of {rsize / (1 << 30):.2f} GiB")
+            build = work / f"build-rss"
+            shutil.rmtree(build, ignore_errors=True)
+            make_build_dir(build, [rsize], sparse=True)
+            out = work / "dist-rss"
+            shutil.rmtree(out, ignore_errors=True)
+            sync()
+            row = {"size": rsize}
+            sample = run_child(bundle_argv("seal", build, "--key", key, "--out", out))
+            row["seal"] = asdict(sample)
+            bundle = next(out.glob("*.bundle.tar"))
+            shutil.rmtree(build)
+            row["verify"] = asdict(run_child(bundle_argv("verify", bundle, "--trust", pub)))
+            row["extract"] = asdict(run_child(bundle_argv("extract", bundle, "--trust", pub, "--dest", work / "x-rss")))
+            shutil.rmtree(work / "x-rss", ignore_errors=True)
+            shutil.rmtree(out)
+            for op in ("seal", "verify", "extract"):
+                r = row[op]
+                print(f"  {op:<8} {r['wall_s']:7.2f} s  peak RSS {r['maxrss_mib']:6.1f} MiB  exit {r['code']}")
+                if r["code"] != 0:
+                    raise SystemExit(f"{op} failed at {rsize} bytes")
+            results["rss"].append(row)  # type: ignore[union-attr]
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(table(results))
+    a.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {a.json}")
+    return 0
+
+
+def report(ours: Series, bases: List[Series], nbytes: int, kind: str, target: float) -> dict:
+    """Ratio against the first baseline: throughput (theirs/ours time, higher is better) or
+    time (ours/theirs, lower is better)."""
+    base = bases[0]
+    if kind == "throughput":
+        ratio = base.median / ours.median
+        met = ratio >= target
+    else:
+        ratio = ours.median / base.median
+        met = ratio <= target
+    return {
+        "ours": _series(ours, nbytes),
+        "baselines": [_series(b, nbytes) for b in bases],
+        "ratio_kind": kind,
+        "ratio": round(ratio, 3),
+        "target": target,
+        "met": met,
+        "extra_ratios": {b.label: round(ours.median / b.median, 3) for b in bases[1:]},
+    }
+
+
+def _series(s: Series, nbytes: int) -> dict:
+    return {
+        "label": s.label,
+        "argv": s.argv,
+        "median_s": round(s.median, 3),
+        "min_s": round(min(x.wall_s for x in s.samples), 3),
+        "max_s": round(max(x.wall_s for x in s.samples), 3),
+        "median_cpu_s": round(s.cpu_median, 3),
+        "median_mib_s": round(nbytes / MiB / s.median, 1),
+        "peak_rss_mib": round(s.maxrss, 1),
+        "samples": [asdict(x) for x in s.samples],
+    }
+
+
+def table(results: dict) -> str:
+    lines = ["| operation | ours: median s (MiB/s) | baseline: median s | ratio | target | met | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"seal": "seal", "verify": "verify", "rt-verify": "runtime/verify.py", "multi": "verify, several engines",
+             "extract": "extract"}
+    for key, label in names.items():
+        r = results["operations"].get(key)
+        if not r:
+            continue
+        if "skipped" in r:
+            lines.append(f"| {label} | skipped: {r['skipped']} | | | | | |")
+            continue
+        o, b = r["ours"], r["baselines"][0]
+        sym = ">=" if r["ratio_kind"] == "throughput" else "<="
+        what = "throughput ratio" if r["ratio_kind"] == "throughput" else "time ratio"
+        extra = "".join(f"; vs {k}: {v}x time" for k, v in r["extra_ratios"].items())
+        lines.append(
+            f"| {label} | {o['median_s']:.2f} ({o['median_mib_s']:.0f}) | {b['label']}: {b['median_s']:.2f}"
+            f"{extra} | {r['ratio']:.2f} ({what}) | {sym} {r['target']} | {'yes' if r['met'] else 'NO'} | {o['peak_rss_mib']:.0f} |"
+        )
+    for row in results.get("rss", []):
+        g = row["size"] / (1 << 30)
+        lines.append(f"| peak RSS at {g:g} GiB | seal {row['seal']['maxrss_mib']:.0f}, verify {row['verify']['maxrss_mib']:.0f}, "
+                     f"extract {row['extract']['maxrss_mib']:.0f} MiB | | | <= 128 MiB | "
+                     f"{'yes' if max(row[k]['maxrss_mib'] for k in ('seal', 'verify', 'extract')) <= 128 else 'NO'} | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

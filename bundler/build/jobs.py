@@ -1,0 +1,155 @@
+"""Running builds: one job per (target, precision), in parallel worker processes.
+
+Builds are independent and CPU-bound (TensorRT-RTX compiles ahead of time on the CPU), so they run
+in a process pool. Processes, not threads: the builder holds the GIL in places, and a crashing
+build must not take the others down. Workers are started with `spawn`, since forking a process
+that has imported TensorRT is not supported by NVIDIA. Each worker reports its stage through a
+queue so the CLI can show a live table; the library itself prints nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as _queue
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..errors import BuildError
+from ..manifest import EngineRecord, ModelInfo, ShapeRange
+from ..targets import Target
+
+
+@dataclass(frozen=True)
+class Job:
+    stem: str
+    backend: str  # "tensorrt", "tensorrt-rtx" or "onnxruntime"
+    target: Target
+    precision: str
+    model: ModelInfo
+    model_path: Path  # the graph to build from: the source, or its precision variant
+    profiles: List[Dict[str, ShapeRange]]
+    workspace: Optional[int]
+    engine_path: Path
+    log_path: Path
+    timing_cache: Optional[Path] = None
+
+
+def _backend(name: str):  # noqa: ANN202
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend()
+    from . import select_backend
+
+    return select_backend(name)
+
+
+def run_one(job: Job, events=None) -> EngineRecord:  # noqa: ANN001 - a queue or None
+    """Build one job (in a worker or inline). Raises BuildError with a one-line message."""
+    start = time.monotonic()
+
+    def stage(name: str, message: str = "") -> None:
+        if events is not None:
+            events.put((job.stem, name, time.monotonic() - start, message))
+
+    stage("parsing")
+    try:
+        return _backend(job.backend).build(job, stage)
+    except BuildError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for whatever the builder raised
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise BuildError(f"target {job.target.label} ({job.precision}): {type(e).__name__}: {first}") from None
+
+
+def run_jobs(jobs: List[Job], workers: Optional[int], progress: Optional[Callable] = None) -> List[EngineRecord]:
+    """Run every job; return records in job order. On the first failure, queued jobs are
+    cancelled, running ones finish (their logs are kept), and one BuildError names the targets."""
+    from . import BuildEvent
+
+    n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    by_stem = {j.stem: j for j in jobs}
+
+    def emit(stem: str, stage: str, elapsed: float = 0.0, message: str = "") -> None:
+        if progress is not None:
+            j = by_stem[stem]
+            progress(BuildEvent(stem, j.target.label, j.precision, stage, elapsed, message))
+
+    for j in jobs:
+        emit(j.stem, "queued")
+    if n == 1:
+        out = []
+        for j in jobs:
+            t0 = time.monotonic()
+            local_events: "_queue.SimpleQueue" = _queue.SimpleQueue()
+            try:
+                rec = run_one(j, local_events)
+            except BuildError as e:
+                emit(j.stem, "failed", time.monotonic() - t0, e.message)
+                raise
+            finally:
+                while not local_events.empty():
+                    stem, stage, el, msg = local_events.get()
+                    emit(stem, stage, el, msg)
+            emit(j.stem, "done", time.monotonic() - t0)
+            out.append(rec)
+        return out
+
+    try:
+        return _run_pool(jobs, n, emit)
+    except (BrokenProcessPool, EOFError, ConnectionError) as e:
+        raise BuildError(f"a build worker process died ({type(e).__name__}); out of memory? try --jobs 1") from None
+
+
+def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
+    started: Dict[str, float] = {}
+    ctx = multiprocessing.get_context("spawn")
+    manager = ctx.Manager()
+    events = manager.Queue()
+    results: Dict[str, EngineRecord] = {}
+    failures: List[str] = []
+    try:
+        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+            futures: Dict[Future, Job] = {pool.submit(run_one, j, events): j for j in jobs}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                _drain(events, emit, started)
+                for f in done:
+                    j = futures[f]
+                    elapsed = time.monotonic() - started.get(j.stem, time.monotonic())
+                    if f.cancelled():
+                        emit(j.stem, "cancelled")
+                        continue
+                    exc = f.exception()
+                    if exc is None:
+                        results[j.stem] = f.result()
+                        emit(j.stem, "done", elapsed)
+                    else:
+                        msg = exc.message if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+                        failures.append(msg)
+                        emit(j.stem, "failed", elapsed, msg)
+                        for other in pending:
+                            other.cancel()
+            _drain(events, emit, started)
+    finally:
+        manager.shutdown()
+    if failures:
+        more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
+        raise BuildError(failures[0] + more)
+    return [results[j.stem] for j in jobs]
+
+
+def _drain(events, emit, started) -> None:  # noqa: ANN001
+    while True:
+        try:
+            stem, stage, elapsed, msg = events.get_nowait()
+        except (_queue.Empty, EOFError, OSError):
+            return
+        started.setdefault(stem, time.monotonic() - elapsed)
+        emit(stem, stage, elapsed, msg)
