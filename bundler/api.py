@@ -61,7 +61,8 @@ def create(
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:
-        build(request, work / "build", progress=progress)
+        build(request, work / "build", progress=progress,
+              logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
         return seal([work / "build"], key, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import BundleError, ExitCode, InputError, KeyFileError
+from .errors import BundleError, ExitCode, InputError, KeyFileError, OutputError
 from .signing import PASSPHRASE_ENV
 
 app = typer.Typer(
@@ -188,10 +188,23 @@ _SAMPLE_HELP = ".npz with one array per model input (default: random data at the
 
 
 def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
-             backend: str, golden: bool, sample_input: Optional[Path]):  # noqa: ANN202
+             backend: str, golden: bool, sample_input: Optional[Path], precision: List[str], profile: List[str],
+             calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path]):  # noqa: ANN202
     from .spec import request_from_flags  # the same mapping a spec file goes through
 
-    return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input)
+    profiles = [[p.strip() for p in group.split(",") if p.strip()] for group in profile]
+    return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input,
+                              precisions=list(precision) or None, profiles=profiles, calibration=calibration,
+                              jobs=jobs, timing_cache=timing_cache)
+
+
+_MATRIX_OPTIONS = dict(
+    precision=typer.Option([], "--precision", help="fp32, fp16, bf16, int8 or fp8 (repeatable): the build matrix is targets x precisions."),
+    profile=typer.Option([], "--profile", help="An extra optimization profile: INPUT:MIN:OPT:MAX[,INPUT:...] (repeatable)."),
+    calibration=typer.Option(None, "--calibration", help="int8/fp8 calibration data: FILE.npz or a directory of them."),
+    jobs=typer.Option(None, "--jobs", min=1, help="Parallel build workers (default: number of cores)."),
+    timing_cache=typer.Option(None, "--timing-cache", help="Full TensorRT: timing cache file, read and updated."),
+)
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per [[model]]; replaces MODEL and the build flags."
@@ -296,6 +309,11 @@ def build_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    precision: List[str] = _MATRIX_OPTIONS["precision"],
+    profile: List[str] = _MATRIX_OPTIONS["profile"],
+    calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
+    jobs: Optional[int] = _MATRIX_OPTIONS["jobs"],
+    timing_cache: Optional[Path] = _MATRIX_OPTIONS["timing_cache"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
@@ -310,7 +328,8 @@ def build_cmd(
             build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=lambda _e, d, rec: _out().print(
                 _engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}")))
             return
-        req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
+        req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
+                       precision, profile, calibration, jobs, timing_cache)
         rec = build(req, out, progress=_BuildDisplay())
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
 
@@ -357,6 +376,11 @@ def create_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    precision: List[str] = _MATRIX_OPTIONS["precision"],
+    profile: List[str] = _MATRIX_OPTIONS["profile"],
+    calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
+    jobs: Optional[int] = _MATRIX_OPTIONS["jobs"],
+    timing_cache: Optional[Path] = _MATRIX_OPTIONS["timing_cache"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
@@ -372,7 +396,8 @@ def create_cmd(
             signing_key = _load_signing_key(key)
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
             return
-        request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input)
+        request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
+                       precision, profile, calibration, jobs, timing_cache)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
         _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
 
@@ -560,6 +585,33 @@ def inspect_engine_cmd(
         c.print(t)
 
     _run(json_mode, go)
+
+
+@app.command("fix-dims")
+def fix_dims_cmd(
+    model: Path = typer.Argument(..., help="An ONNX model whose inputs reuse one dim name on unrelated axes."),
+    out: Path = typer.Option(..., "--out", help="Where to write the fixed model (must not exist)."),
+) -> None:
+    """Give each input axis that shares a dim name with an unrelated axis a name of its own.
+
+    TensorRT treats every use of a dim name as one dimension: rapidocr's cls model names both H and
+    W '?', so a profile with different H and W ranges is rejected. The fixed model builds.
+    """
+    from .model import fix_shared_dims, load_model
+
+    def go() -> None:
+        if out.exists():
+            raise OutputError(f"{out}: already exists; not overwritten")
+        load_model(model)  # the same checks as a build: a clear error for a bad file
+        renames = fix_shared_dims(model, out)
+        if not renames:
+            _err().print(f"{model}: no dim name is shared by unrelated axes; nothing written")
+            return
+        for where, new in renames.items():
+            _out().print(f"{where} -> {new!r}")
+        _out().print(f"wrote {out}")
+
+    _run(False, go)
 
 
 @app.command("verifier")

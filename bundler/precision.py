@@ -152,11 +152,24 @@ def load_calibration(
 
 # -- conversion ---------------------------------------------------------------------------------
 
+def _without_initializer_inputs(model) -> None:  # noqa: ANN001
+    """IR < 4 graphs list every initializer as a graph input too. Converters retype the
+    initializer but not its input entry, which then disagree (onnxruntime: "Tensor element type
+    mismatch"). Drop those entries and declare IR 4, where they are not needed."""
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
+
+
 def _fp16(src: Path) -> "object":
     import onnx
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
+    _without_initializer_inputs(model)
     return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
 
 
@@ -263,19 +276,21 @@ def convert(
 
             if not batches:
                 raise InputError(f"{precision} needs calibration data: pass --calibration FILE.npz or DIR")
-            source = src
+            m = onnx.load(str(src))
+            _without_initializer_inputs(m)
+            source = out.with_name(out.stem + ".source.onnx")
             if precision == "fp8":
                 from onnx import version_converter
 
-                m = onnx.load(str(src))
                 opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
                 if opset < 19:
                     m = version_converter.convert_version(m, 19)
-                source = out.with_name(out.stem + ".opset19.onnx")
-                onnx.save(m, str(source))
-            _quantize_int8(source, out, batches)
-            if precision == "fp8":
+            onnx.save(m, str(source))
+            try:
+                _quantize_int8(source, out, batches)
+            finally:
                 source.unlink()
+            if precision == "fp8":
                 m = onnx.load(str(out))
                 _int8_qdq_to_fp8(m)
                 onnx.checker.check_model(m)

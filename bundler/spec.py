@@ -59,7 +59,7 @@ def request_from_flags(
 
     Both the CLI flags and spec files come through here. ``shapes`` and each entry of
     ``profiles`` are ``INPUT:MIN:OPT:MAX`` strings; ``workspace`` is a byte count or a size like
-    ``2G``; ``precisions`` defaults to ``["fp32"]``.
+    ``2G``; ``precisions`` defaults to the precision the source graph carries (no conversion).
     """
     from .model import parse_shape, parse_size
 
@@ -81,7 +81,7 @@ def request_from_flags(
         backend=backend,
         golden=golden,
         sample_input=Path(sample_input) if sample_input is not None else None,
-        precisions=_precisions(precisions) if precisions is not None else ["fp32"],
+        precisions=_precisions(precisions) if precisions else None,  # None: the graph's own precision
         profiles=[[parse_shape(s) for s in p] for p in profiles],
         calibration=Path(calibration) if calibration is not None else None,
         jobs=jobs,

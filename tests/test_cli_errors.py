@@ -106,7 +106,8 @@ def test_build_failure_leaves_nothing_and_names_target(tmp_path, keys):
     r = create(tmp_path, keys, path, "--target", "sm_86")
     assert r.code == 5, (r.code, r.err)
     assert "target sm86" in r.err
-    assert_no_output(tmp_path)
+    # No bundle and no temporary directory; only the builder logs, kept for the post-mortem.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["s-1.0.0.failed-logs"]
 
 
 def test_unknown_backend_and_missing_full_tensorrt(tmp_path, keys):

@@ -163,12 +163,15 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
     return model, profiles, precisions, resolved, calibration
 
 
-def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None) -> BuildRecord:
+def build(
+    request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None, logs_dir: Optional[Path] = None
+) -> BuildRecord:
     """Check everything, then build targets x precisions into ``out_dir``, which must not exist.
 
     The directory appears only when every engine has been built: work happens in a staging
     directory beside it, so a failed or interrupted build never leaves a half-filled build dir
-    under its final name. When a build fails, every builder log is kept in ``OUT.failed-logs/``.
+    under its final name. When a build fails, every builder log is kept in ``logs_dir`` (default
+    ``OUT.failed-logs/``) and the error says where.
     """
     model, profiles, precisions, resolved, calibration = _plan_checks(request)
     golden = None
@@ -209,9 +212,10 @@ def build(request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] =
                 ))
         try:
             records = run_jobs(jobs, request.jobs, progress)
-        except BuildError:
-            _keep_logs(staging, out_dir)
-            raise
+        except BuildError as e:
+            kept = _keep_logs(staging, Path(logs_dir) if logs_dir else out_dir.with_name(out_dir.name + ".failed-logs"))
+            raise BuildError(f"{e.message}; builder logs kept in {kept}" if kept else e.message) from None
+        _update_timing_cache(staging, request.timing_cache)
         record = BuildRecord(
             name=request.name, version=request.version, model=model, engines=records, golden=golden_info,
             variants=variants,
@@ -253,16 +257,29 @@ def _convert_all(request, model, precisions, calibration, golden, staging):  # n
     return variants, graphs
 
 
-def _keep_logs(staging: Path, out_dir: Path) -> None:
+def _update_timing_cache(staging: Path, path: Optional[Path]) -> None:
+    """Full TensorRT: write the updated timing cache back (atomically). Each build started from the
+    same file and added its own tactics; the largest result, which holds the most, is kept."""
+    caches = sorted((staging / "engines").glob("*.timing-cache"), key=lambda p: p.stat().st_size)
+    if path is None or not caches:
+        return
+    tmp = Path(path).with_name(f".{Path(path).name}.partial")
+    shutil.copyfile(caches[-1], tmp)
+    os.replace(tmp, path)
+    for c in caches:
+        c.unlink()
+
+
+def _keep_logs(staging: Path, dest: Path) -> Optional[Path]:
     """A failed build still leaves every builder log, beside where the output would have been."""
     logs = sorted((staging / "engines").glob("*.log"))
     if not logs:
-        return
-    dest = out_dir.with_name(out_dir.name + ".failed-logs")
+        return None
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     for log in logs:
         shutil.copyfile(log, dest / log.name)
+    return dest
 
 
 from .jobs import Job, run_jobs  # noqa: E402 - jobs imports engine_stem's neighbours lazily

@@ -2,9 +2,8 @@
 
 Builds are independent and CPU-bound (TensorRT-RTX compiles ahead of time on the CPU), so they run
 in a process pool. Processes, not threads: the builder holds the GIL in places, and a crashing
-build must not take the others down. Workers are started with `spawn`, since forking a process
-that has imported TensorRT is not supported by NVIDIA. Each worker reports its stage through a
-queue so the CLI can show a live table; the library itself prints nothing.
+build must not take the others down. Each worker reports its stage through a queue so the CLI can
+show a live table; the library itself prints nothing.
 """
 
 from __future__ import annotations
@@ -106,43 +105,59 @@ def run_jobs(jobs: List[Job], workers: Optional[int], progress: Optional[Callabl
         raise BuildError(f"a build worker process died ({type(e).__name__}); out of memory? try --jobs 1") from None
 
 
+_WORKER_EVENTS = None  # set once per worker process by _init_worker; never used in the parent
+
+
+def _init_worker(events) -> None:  # noqa: ANN001
+    global _WORKER_EVENTS
+    _WORKER_EVENTS = events
+
+
+def _run_in_worker(job: Job) -> EngineRecord:
+    return run_one(job, _WORKER_EVENTS)
+
+
 def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
     started: Dict[str, float] = {}
-    ctx = multiprocessing.get_context("spawn")
-    manager = ctx.Manager()
-    events = manager.Queue()
+    ctx = _mp_context()
+    events = ctx.Queue()
     results: Dict[str, EngineRecord] = {}
     failures: List[str] = []
-    try:
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-            futures: Dict[Future, Job] = {pool.submit(run_one, j, events): j for j in jobs}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                _drain(events, emit, started)
-                for f in done:
-                    j = futures[f]
-                    elapsed = time.monotonic() - started.get(j.stem, time.monotonic())
-                    if f.cancelled():
-                        emit(j.stem, "cancelled")
-                        continue
-                    exc = f.exception()
-                    if exc is None:
-                        results[j.stem] = f.result()
-                        emit(j.stem, "done", elapsed)
-                    else:
-                        msg = exc.message if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
-                        failures.append(msg)
-                        emit(j.stem, "failed", elapsed, msg)
-                        for other in pending:
-                            other.cancel()
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(events,)) as pool:
+        futures: Dict[Future, Job] = {pool.submit(_run_in_worker, j): j for j in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
             _drain(events, emit, started)
-    finally:
-        manager.shutdown()
+            for f in done:
+                j = futures[f]
+                elapsed = time.monotonic() - started.get(j.stem, time.monotonic())
+                if f.cancelled():
+                    emit(j.stem, "cancelled")
+                    continue
+                exc = f.exception()
+                if exc is None:
+                    results[j.stem] = f.result()
+                    emit(j.stem, "done", elapsed)
+                else:
+                    msg = exc.message if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+                    failures.append(msg)
+                    emit(j.stem, "failed", elapsed, msg)
+                    for other in pending:
+                        other.cancel()
+        _drain(events, emit, started)
     if failures:
         more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
         raise BuildError(failures[0] + more)
     return [results[j.stem] for j in jobs]
+
+
+def _mp_context():  # noqa: ANN202
+    """fork where it exists: workers inherit the imported TensorRT module (importing it again costs
+    about a second per worker, more than a small build). The parent has built nothing and started
+    no TensorRT threads at this point, which is what makes forking safe here."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def _drain(events, emit, started) -> None:  # noqa: ANN001
