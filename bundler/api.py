@@ -21,7 +21,10 @@ from .build import BuildRequest, build, select_backend
 from .errors import BundleError, ExitCode, OutputError
 from .inspect import InspectReport, inspect_bundle
 from .manifest import BuildRecord, Manifest
-from .model import ShapeSpec, load_model, parse_shape, resolve_profile
+from .engine_header import inspect_engine_file
+from .model import ShapeSpec, fix_shared_dims, load_model, parse_shape, resolve_profile
+from .runtime import run_loader, write_verifier
+from .spec import build_all, create_all, load_spec, request_from_flags
 from .seal import SealResult, seal
 from .signing import (
     GeneratedKey,
@@ -38,9 +41,10 @@ from .verify import VerifyReport, verify_bundle
 __all__ = [
     "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
     "Manifest", "SealResult", "ShapeSpec", "Target", "TrustedKey", "VerifyReport",
-    "build", "create", "extract", "generate_key", "inspect", "key_id", "load_model", "load_private_key",
-    "load_public_key", "load_trust", "parse_shape", "parse_target", "resolve_profile", "seal",
-    "select_backend", "verify",
+    "build", "build_all", "create", "create_all", "extract", "fix_shared_dims", "generate_key", "inspect",
+    "inspect_engine_file", "key_id", "load_model", "load_private_key", "load_public_key", "load_spec", "load_trust",
+    "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal", "select_backend",
+    "verify", "write_verifier",
 ]
 
 

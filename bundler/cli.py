@@ -207,7 +207,7 @@ _MATRIX_OPTIONS = dict(
 )
 
 
-_SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per [[model]]; replaces MODEL and the build flags."
+_SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
 _SPEC_KEEPS = ("spec", "key", "out")  # the only flags that go with --spec: the rest live in the file
 
 
@@ -533,7 +533,8 @@ def _print_inspect(rep) -> None:  # noqa: ANN001
     c.print(f"model:    {model.get('path', '?')} sha256 {model.get('sha256', '?')}")
     for io in ("inputs", "outputs"):
         for t in model.get(io, []):
-            c.print(f"  {io[:-1]:6} {t['name']}: {t['dtype']} [{'x'.join(str(d) for d in t['shape'])}]")
+            dims = "x".join("?" if d is None else str(d) for d in t["shape"])
+            c.print(f"  {io[:-1]:6} {t['name']}: {t['dtype']} [{dims}]", markup=False)
     for kid in rep.signer_key_ids:
         c.print(f"signer:   {kid or '(no key hint)'}")
     t = Table(title="engines")
@@ -603,7 +604,10 @@ def fix_dims_cmd(
         if out.exists():
             raise OutputError(f"{out}: already exists; not overwritten")
         load_model(model)  # the same checks as a build: a clear error for a bad file
-        renames = fix_shared_dims(model, out)
+        try:
+            renames = fix_shared_dims(model, out)
+        except OSError as e:
+            raise OutputError(f"{out}: cannot write ({e.strerror})") from None
         if not renames:
             _err().print(f"{model}: no dim name is shared by unrelated axes; nothing written")
             return

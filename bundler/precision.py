@@ -319,7 +319,8 @@ def measure_accuracy(
         outs = dict(zip(names, sess.run(names, inputs)))
         version = ort.__version__
     except Exception as e:  # noqa: BLE001 - e.g. no bf16/fp8 CPU kernels: record why, do not fail
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = str(e).replace(str(converted), Path(converted).name)  # no temporary paths in signed metadata
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
         return AccuracyInfo(measured_with=None, max_abs_err=None, max_rel_err=None,
                             note=f"not measurable with onnxruntime on the CPU: {first}")
     abs_err = rel_err = 0.0

@@ -35,6 +35,8 @@ def write_verifier(dest: Path) -> None:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
     except FileExistsError:
         raise OutputError(f"{dest}: already exists; not overwritten") from None
+    except OSError as e:
+        raise OutputError(f"{dest}: cannot write ({e.strerror})") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 

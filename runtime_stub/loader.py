@@ -43,9 +43,17 @@ EXIT_RUNTIME = 22
 
 
 class LoaderError(Exception):
+    CLASSES = {EXIT_USAGE: "usage", EXIT_INPUT: "input", EXIT_NO_ENGINE: "no-engine", EXIT_SELFTEST: "selftest",
+               EXIT_RUNTIME: "runtime", 10: "archive", 11: "signature", 12: "digest", 13: "members", 14: "unsafe",
+               15: "limits", 16: "binding", 4: "key"}
+
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+    @property
+    def failure_class(self) -> str:
+        return self.CLASSES.get(self.code, "error")
 
 
 # -- CUDA through the driver API ------------------------------------------------------------------
@@ -358,7 +366,7 @@ def choose(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[
         items = [i for i in items if i["target"] == want or i["path"] == want or i["path"].split("/")[-1] == want]
         if not items:
             raise LoaderError("--engine %s: no such engine; the bundle has %s" % (
-                want, ", ".join(e["target"]["label"] for e in manifest["engines"])), EXIT_USAGE)
+                want, ", ".join(sorted({e["target"]["label"] for e in manifest["engines"]}))), EXIT_USAGE)
     fit = [i for i in items if i["fits"]]
     if not fit:
         host = ", ".join("%s (cc %s)" % (g["name"], g["cc"]) for g in gpus) or "no GPU"
@@ -599,8 +607,10 @@ def _host(cuda: Optional[Cuda]) -> Dict[str, Any]:
     return {"driver": cuda.driver_version(), "gpus": cuda.devices()}
 
 
-def _print(args: argparse.Namespace, doc: Dict[str, Any], lines: List[str]) -> None:
+def _print(args: argparse.Namespace, doc: Dict[str, Any], lines: List[str], code: int = 0) -> None:
+    """With --json: one document with ok, exit_code and error on top, as every bundle command."""
     if args.json:
+        doc = dict(doc, ok=code == 0, exit_code=code, error=doc.get("error"))
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print("\n".join(lines))
@@ -628,10 +638,9 @@ def cmd_info(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cud
         lines.append("cuda:     %d-byte host->device->host round trip %s in %.2f ms; replayed as a CUDA graph %s" % (
             c["bytes"], "OK" if c["copies_equal"] else "MISMATCH", c["seconds"] * 1e3, "OK" if c["graph_replay_equal"] else "MISMATCH"))
     lines.append("chosen:   %s" % (doc["chosen"] or "none: no engine fits this host"))
-    _print(args, doc, lines)
-    if "cuda_check" in doc and not doc["cuda_check"]["equal"]:
-        return EXIT_RUNTIME
-    return 0
+    code = EXIT_RUNTIME if "cuda_check" in doc and not doc["cuda_check"]["equal"] else 0
+    _print(args, doc, lines, code)
+    return code
 
 
 def _compare(outputs: Dict[str, Any], ref: Dict[str, Any], atol: float, rtol: float) -> Dict[str, Any]:
@@ -685,8 +694,9 @@ def cmd_selftest(args: argparse.Namespace, root: Path, manifest: Dict[str, Any],
              "max abs err %.3g, max rel err %.3g (tolerance atol %g, rtol %g, against %s)" % (
                  res["max_abs_err"], res["max_rel_err"], tol["atol"], tol["rtol"], golden["reference"]),
              "latency %.3f ms (first run, includes copies)" % (latency * 1e3)]
-    _print(args, doc, lines)
-    return 0 if res["ok"] else EXIT_SELFTEST
+    code = 0 if res["ok"] else EXIT_SELFTEST
+    _print(args, doc, lines, code)
+    return code
 
 
 def cmd_run(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
@@ -806,14 +816,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return COMMANDS[args.command](args, root, manifest, cuda)
     except LoaderError as e:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": e.code, "error": str(e)}, indent=2))
+            print(json.dumps({"ok": False, "exit_code": e.code, "error": {"class": e.failure_class, "message": str(e)}}, indent=2))
         sys.stderr.write("error: %s\n" % " ".join(str(e).split()))
         return e.code
+    except BrokenPipeError:  # `loader.py info --json | head`: the reader left, not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - one line, never a traceback, on a closed host
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": EXIT_RUNTIME, "error": "%s: %s" % (type(e).__name__, e)}, indent=2))
+            print(json.dumps({"ok": False, "exit_code": EXIT_RUNTIME,
+                              "error": {"class": "runtime", "message": "%s: %s" % (type(e).__name__, e)}}, indent=2))
         sys.stderr.write("error: %s: %s\n" % (type(e).__name__, " ".join(str(e).split())[:500]))
         return EXIT_RUNTIME
 

@@ -1610,6 +1610,14 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
         vf = listed.get(v.graph)
         if vf is None or vf.sha256 != v.sha256 or vf.size != v.size:
             raise BindingError(f"{wm}: {v.precision} graph {v.graph} is not listed with its size and digest", member=wm)
+    # Every engine says which graph it was built from: the source's own precision or a variant.
+    graphs = {m.model.precision: m.model.sha256}
+    graphs.update({v.precision: v.sha256 for v in m.variants})
+    for e in m.engines:
+        if e.build.precision not in graphs:
+            raise BindingError(f"{wm}: engine {e.path} is {e.build.precision}, but no graph of that precision is signed", member=wm)
+        if e.header is None and e.sha256 != graphs[e.build.precision]:
+            raise BindingError(f"{wm}: cpu engine {e.path} is not the signed {e.build.precision} graph", member=wm)
     for e in m.engines:
         f = listed.get(e.path)
         if f is None or f.sha256 != e.sha256 or f.size != e.size:

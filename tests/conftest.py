@@ -71,6 +71,17 @@ def make_conv_model(path: Path, *, dynamic_batch: bool = True, hw: int = 16) -> 
     return path
 
 
+def make_unbuildable_model(path: Path) -> Path:
+    """Valid ONNX that TensorRT cannot build: TopK whose k is a runtime input (TensorRT needs a constant)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "K"])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, "K"])
+    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g", [x, k], [v, i])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
 def onnx_light_model(name: str = "light_squeezenet") -> Path:
     """A real architecture shipped inside the onnx wheel (constant weights)."""
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"

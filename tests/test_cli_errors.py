@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SAMPLE, make_conv_model, run_bundle
+from conftest import SAMPLE, make_conv_model, make_unbuildable_model, run_bundle
 
 SHAPE = "input:1x3x64x64:4x3x64x64:16x3x64x64"
 
@@ -96,13 +96,7 @@ def test_contradictory_shared_dims(tmp_path, keys):
 
 def test_build_failure_leaves_nothing_and_names_target(tmp_path, keys):
     # TopK with a runtime k from an input: valid ONNX that TensorRT cannot build (k must be a constant).
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
-    k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
-    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "K"])
-    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, "K"])
-    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g", [x, k], [v, i])
-    path = tmp_path / "topk.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    path = make_unbuildable_model(tmp_path / "topk.onnx")
     r = create(tmp_path, keys, path, "--target", "sm_86")
     assert r.code == 5, (r.code, r.err)
     assert "target sm86" in r.err

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SAMPLE, make_conv_model, onnx_light_model, run_bundle
+from conftest import SAMPLE, make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
 
 
 def extract(bundle: Path, pub: Path, dest: Path) -> dict:
@@ -158,13 +158,7 @@ def test_rapidocr_cls_shared_dims_message_and_fix(tmp_path, keys):
 
 
 def test_failing_parallel_build_names_target_keeps_logs_leaves_no_bundle(tmp_path, keys):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
-    k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
-    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, "K"])
-    i = helper.make_tensor_value_info("i", TensorProto.INT64, [1, "K"])
-    g = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"])], "g", [x, k], [v, i])
-    model = tmp_path / "topk.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    model = make_unbuildable_model(tmp_path / "topk.onnx")
     out = tmp_path / "out"
     r = run_bundle("create", model, "--name", "t", "--version", "1.0.0", "--target", "sm_86", "--target", "sm_89",
                    "--no-golden", "--jobs", "2", "--key", keys["release"]["key"], "--out", out, "--backend", "tensorrt-rtx")

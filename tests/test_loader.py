@@ -65,6 +65,7 @@ def test_selftest_run_bench_from_another_directory(cpu_bundle, keys, tmp_path):
     assert p.stdout.startswith("PASS") and "max abs err" in p.stdout
     p = loader(cpu_bundle, "selftest", "--json", env=env, cwd=tmp_path)
     doc = json.loads(p.stdout)
+    assert doc["ok"] is True and doc["exit_code"] == 0 and doc["error"] is None  # the --json contract
     assert doc["pass"] is True and doc["max_abs_err"] <= doc["atol"] and doc["latency_ms"] > 0
 
     x = np.random.default_rng(5).random((3, 3, 64, 64), dtype=np.float32)
@@ -113,6 +114,9 @@ def test_refuses_without_trust_and_on_tampering(cpu_bundle, keys, tmp_path):
     assert p.returncode == 2 and "no trusted key" in p.stderr
     p = loader(cpu_bundle, "selftest", "--trust", keys["other"]["pub"])
     assert p.returncode == 11 and "failed verification" in p.stderr
+    p = loader(cpu_bundle, "selftest", "--trust", keys["other"]["pub"], "--json")
+    doc = json.loads(p.stdout)
+    assert doc == {"ok": False, "exit_code": 11, "error": {"class": "signature", "message": doc["error"]["message"]}}
     bad = tmp_path / "bad"
     shutil.copytree(cpu_bundle, bad)
     ref = bad / "golden" / "outputs.npz"

@@ -784,7 +784,8 @@ def _resign(entries: List[Entry], key_path: Path, edit: Callable[[dict], None]) 
     return entries
 
 
-@pytest.mark.parametrize("case", ["format", "version", "golden-path", "engine-header", "model-digest", "control"])
+@pytest.mark.parametrize("case", ["format", "version", "golden-path", "engine-header", "model-digest", "engine-precision",
+                                  "control"])
 def test_trusted_but_wrong_manifest(tmp_path, entries, pub, keys, case) -> None:  # noqa: ANN001
     def edit(doc: dict) -> None:
         if case == "format":
@@ -798,6 +799,8 @@ def test_trusted_but_wrong_manifest(tmp_path, entries, pub, keys, case) -> None:
             sm86["header"]["cc"], sm86["header"]["cc_mask"] = ["8.9"], 8  # relabel an SM86 engine as SM89
         elif case == "model-digest":
             doc["model"]["sha256"] = "0" * 64
+        elif case == "engine-precision":
+            doc["engines"][0]["build"]["precision"] = "int8"  # no int8 graph is signed
 
     path = write_tar(tmp_path / f"{case}.tar", _resign(entries, keys["release"]["key"], edit))
     if case == "control":

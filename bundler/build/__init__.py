@@ -127,6 +127,7 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
         raise InputError("give at least one --target")
     targets = [parse_target(t) for t in request.targets]
     model = load_model(request.model)
+    _check_member_name(model.path)
     profiles = [resolve_profile(model, request.shapes)] + [resolve_profile(model, p) for p in request.profiles]
     precisions = supported(request.precisions) if request.precisions else [model.precision]
     if model.precision != "fp32" and precisions != [model.precision]:
@@ -161,6 +162,17 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
     elif request.calibration is not None:
         raise InputError("--calibration is only used for int8 and fp8; add --precision int8 or fp8, or drop it")
     return model, profiles, precisions, resolved, calibration
+
+
+def _check_member_name(rel: str) -> None:
+    """Refuse, before building, a model file name that would make an unverifiable bundle."""
+    from ..archive import Limits, check_member_name
+    from ..errors import VerificationError
+
+    try:
+        check_member_name(f"bundle/{rel}", Limits(), 0)
+    except VerificationError as e:
+        raise InputError(f"model file name: {e.message} (rename the file; verify would refuse this bundle)") from None
 
 
 def build(
@@ -275,8 +287,11 @@ def _keep_logs(staging: Path, dest: Path) -> Optional[Path]:
     logs = sorted((staging / "engines").glob("*.log"))
     if not logs:
         return None
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True, exist_ok=True)
+    base, n = dest, 1
+    while dest.exists():  # an earlier failure's logs stay; this one gets the next free name
+        dest = base.with_name(f"{base.name}.{n}")
+        n += 1
+    dest.mkdir(parents=True)
     for log in logs:
         shutil.copyfile(log, dest / log.name)
     return dest

@@ -85,16 +85,12 @@ def run_jobs(jobs: List[Job], workers: Optional[int], progress: Optional[Callabl
         out = []
         for j in jobs:
             t0 = time.monotonic()
-            local_events: "_queue.SimpleQueue" = _queue.SimpleQueue()
+            stages = lambda stem, stage, el, msg: emit(stem, stage, el, msg)  # noqa: E731
             try:
-                rec = run_one(j, local_events)
+                rec = run_one(j, _Direct(stages))
             except BuildError as e:
                 emit(j.stem, "failed", time.monotonic() - t0, e.message)
                 raise
-            finally:
-                while not local_events.empty():
-                    stem, stage, el, msg = local_events.get()
-                    emit(stem, stage, el, msg)
             emit(j.stem, "done", time.monotonic() - t0)
             out.append(rec)
         return out
@@ -103,6 +99,16 @@ def run_jobs(jobs: List[Job], workers: Optional[int], progress: Optional[Callabl
         return _run_pool(jobs, n, emit)
     except (BrokenProcessPool, EOFError, ConnectionError) as e:
         raise BuildError(f"a build worker process died ({type(e).__name__}); out of memory? try --jobs 1") from None
+
+
+class _Direct:
+    """A queue stand-in for inline builds: events reach the display at once, in order."""
+
+    def __init__(self, fn: Callable) -> None:
+        self._fn = fn
+
+    def put(self, item: tuple) -> None:
+        self._fn(*item)
 
 
 _WORKER_EVENTS = None  # set once per worker process by _init_worker; never used in the parent
