@@ -87,40 +87,62 @@ class Series:
 
 # -- running one child ---------------------------------------------------------------------------
 
+# A tiny launcher between us and each measured command. A child's peak RSS as wait4 reports it is
+# never below the RSS of the process it was forked from (Linux records the parent's high-water
+# mark at exec), so measuring from this 45 MiB Python process would inflate every figure. The
+# launcher is a bare `python -S` (about 9 MiB) that forks, execs, waits and reports.
+LAUNCHER = r"""
+import json, os, sys, time
+out = sys.argv[1]
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t
+with open(out, "w") as f:
+    json.dump({"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_kib": ru.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_child(argv: Sequence[str], *, pty: bool = False, cwd: Optional[Path] = None) -> Sample:
-    """Run ``argv``; wall time around it, CPU time and peak RSS of this child from wait4."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", COLUMNS="120")
+    """Run ``argv``; wall time, CPU time and peak RSS of that command alone (see LAUNCHER)."""
+    env = dict(os.environ, COLUMNS="120")
     master = slave = None
-    drained = [0]
     if pty:
         master, slave = os.openpty()
 
         def drain() -> None:
             while True:
                 try:
-                    data = os.read(master, 65536)
+                    if not os.read(master, 65536):
+                        return
                 except OSError:
                     return
-                if not data:
-                    return
-                drained[0] += len(data)
 
         reader = threading.Thread(target=drain, daemon=True)
+    fd, result = tempfile.mkstemp(prefix="bench-", suffix=".json")
+    os.close(fd)
     devnull = os.open(os.devnull, os.O_RDWR)
-    err_fd = slave if pty else devnull
-    t0 = time.perf_counter()
-    p = subprocess.Popen(list(argv), stdin=devnull, stdout=devnull, stderr=err_fd, cwd=cwd, env=env)
-    if pty:
-        os.close(slave)
-        reader.start()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)  # we reaped it ourselves
-    os.close(devnull)
-    if pty:
-        reader.join(timeout=5)
-        os.close(master)
-    return Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode)
+    try:
+        p = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, result, *argv], stdin=devnull, stdout=devnull,
+                             stderr=slave if pty else devnull, cwd=cwd, env=env)
+        if pty:
+            os.close(slave)
+            reader.start()
+        p.wait()
+        if pty:
+            reader.join(timeout=5)
+            os.close(master)
+        r = json.loads(Path(result).read_text())
+    finally:
+        os.close(devnull)
+        os.unlink(result)
+    return Sample(r["wall"], r["cpu"], r["maxrss_kib"] / 1024, r["code"])
 
 
 def sync() -> None:
@@ -139,12 +161,23 @@ def bundle_argv(*args: object) -> List[str]:
     return [sys.executable, "-m", "bundler.cli", *map(str, args)]
 
 
+SETTLE_S = 3.0
+
+
 def alternate(pairs: List[Series], runs: int, before, pty_labels=(), ok_codes=(0,), log=print) -> None:  # noqa: ANN001
-    """Run every series ``runs`` times, interleaved: A1 B1 C1 A2 B2 C2 ..."""
+    """Run every series ``runs`` times, interleaved: A1 B1 C1 A2 B2 C2 ...
+
+    Before each run: ``before`` deletes the last outputs, then sync, then a pause of SETTLE_S. On
+    the Firecracker VMs we measured, memory freed by a deleted file is handed back to the host
+    about two seconds later (free page reporting) and writing fresh data into it is then far
+    slower; whichever command ran first after a delete used to win. With the pause, every run
+    starts from the same state.
+    """
     for i in range(runs):
         for s in pairs:
             before(s)
             sync()
+            time.sleep(SETTLE_S)
             sample = run_child(s.argv, pty=s.label in pty_labels)
             if sample.code not in ok_codes:
                 raise SystemExit(f"{s.label} failed with exit code {sample.code}: {' '.join(s.argv)}")
@@ -187,6 +220,7 @@ def fs_of(path: Path) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global SETTLE_S
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="4G", help="engine size for the timed runs (default 4G)")
     ap.add_argument("--engines", type=int, default=4, help="engines in the multi-engine bundle (default 4)")
@@ -196,9 +230,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new one in $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--no-pty", action="store_true", help="run our commands without a terminal (no progress bars)")
+    ap.add_argument("--settle", type=float, default=SETTLE_S, help="seconds to wait after deleting outputs, before each run")
     ap.add_argument("--json", type=Path, default=HERE / "results.json", help="where to write the results")
     a = ap.parse_args(argv)
 
+    SETTLE_S = a.settle
     size = parse_size(a.size)
     only = set(a.only.split(","))
     rss_sizes = [parse_size(s) for s in a.rss_sizes.split(",") if s.strip()] if "rss" in only else []
@@ -217,6 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "runs": a.runs,
         "cache": "warm (page cache not dropped: not possible here; inputs read once before timing)",
         "progress_bars": not a.no_pty,
+        "settle_s": a.settle,
         "operations": {},
         "rss": [],
     }

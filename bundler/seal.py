@@ -14,12 +14,12 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
-from .archive import AsyncSha256, Limits, TarWriter, check_member_name
+from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_name
 from .build import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
@@ -252,8 +252,8 @@ def seal(
     tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
-        with os.fdopen(fd, "wb") as raw:
-            out = _BufferedWriter(raw)
+        try:
+            out = DirectFile(fd)  # large aligned writes skip the page cache (docs/performance.md)
             tw = TarWriter(out, epoch or 0, digest=True)  # the bundle digest, on its own thread
             tw.add_bytes(f"{root}/{SIGNATURES_DIR}/{kid}.sig", signature)
             tw.add_bytes(f"{root}/{MANIFEST}", manifest_bytes)
@@ -262,9 +262,7 @@ def seal(
             done = 0
             for p in payloads:
                 h = AsyncSha256()  # the member check, on a second thread: two cores hash at once
-                tick = None
-                if progress is not None:
-                    tick = _Ticker(progress, p.entry.path, done, total)
+                tick = _Ticker(progress, p.entry.path, done, total) if progress is not None else None
                 with open(p.src, "rb") as f:
                     tw.add_stream(f"{root}/{p.entry.path}", f, p.entry.size, p.mode, tick, digest=h)
                 if h.hexdigest() != p.entry.sha256:
@@ -272,14 +270,13 @@ def seal(
                 done += p.entry.size
                 if progress:
                     progress(p.entry.path, done, total)
-                out.start_writeback()
             for path, data, mode in runtime:
                 tw.add_bytes(f"{root}/{path}", data, mode)
             tw.close()
-            out.flush()
-            raw.flush()
-            os.fsync(raw.fileno())
+            os.fsync(fd)
             digest = tw.hexdigest()
+        finally:
+            os.close(fd)
         _publish(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -299,75 +296,6 @@ class _Ticker:
     def __call__(self, chunk: memoryview) -> None:
         self._done += len(chunk)
         self._progress(self._path, self._done, self._total)
-
-
-class _BufferedWriter:
-    """Buffers small writes (headers, padding); large ones go straight to the file.
-
-    Every ``WRITEBACK_EVERY`` bytes it asks the kernel to start writing the finished range to disk
-    (sync_file_range, Linux), so that the final fsync does not wait for the whole bundle at once.
-    """
-
-    WRITEBACK_EVERY = 64 << 20
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._buf = bytearray()
-        self._written = 0
-        self._flushed_to = 0
-
-    def write(self, data) -> int:  # noqa: ANN001
-        n = len(data)
-        if n >= (1 << 16):
-            self.flush()
-            self._raw.write(data)
-            self._written += n
-            if self._written - self._flushed_to >= self.WRITEBACK_EVERY:
-                self.start_writeback()
-        else:
-            self._buf += data
-            if len(self._buf) >= (1 << 20):
-                self.flush()
-        return n
-
-    def flush(self) -> None:
-        if self._buf:
-            self._raw.write(self._buf)
-            self._written += len(self._buf)
-            self._buf.clear()
-
-    def start_writeback(self) -> None:
-        """Start (not wait for) writeback of what was written so far; best effort."""
-        if self._written > self._flushed_to:
-            self._raw.flush()
-            start_writeback(self._raw.fileno(), self._flushed_to, self._written - self._flushed_to)
-            self._flushed_to = self._written
-
-
-_sync_file_range = None
-
-
-def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """sync_file_range(SYNC_FILE_RANGE_WRITE): queue a range for writeback without waiting.
-
-    Best effort and Linux only (elsewhere, and on any error, it does nothing): it only moves disk
-    work earlier so that it overlaps hashing; the fsync before publishing is what guarantees it.
-    """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = False
-        try:
-            import ctypes
-            import ctypes.util
-
-            fn = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-            _sync_file_range = fn
-        except (OSError, AttributeError):
-            pass
-    if _sync_file_range:
-        _sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
-from .archive import AsyncSha256, Limits, Member, StrictTarReader
+from .archive import CHUNK, AsyncSha256, DirectFile, Limits, Member, StrictTarReader
 from .fsutil import rename_noreplace
 from .engine_header import HEADER_SIZE, HeaderError, parse_header, version_matches
 from .errors import (
@@ -142,6 +142,8 @@ class VerifyReport:
 
 # -- the sinks: where verified bytes go ---------------------------------------------------------
 
+DIRECT_MIN = CHUNK  # members that fill a whole reader chunk are written with O_DIRECT
+
 class _Sink:
     def begin(self, rel: str, mode: int) -> None: ...
     def write(self, chunk: memoryview) -> None: ...
@@ -161,6 +163,7 @@ class _ExtractSink(_Sink):
         self.staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
         self._root_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self._fd: Optional[int] = None
+        self._out: Optional[DirectFile] = None
 
     def _dir_fd(self, parts: List[str]) -> int:
         fd = os.dup(self._root_fd)
@@ -202,13 +205,16 @@ class _ExtractSink(_Sink):
     def write(self, chunk: memoryview) -> None:
         assert self._fd is not None
         try:
-            while chunk:
-                n = os.write(self._fd, chunk)
-                chunk = chunk[n:]
+            if self._out is None:
+                # A member that arrives in whole reader chunks is big: write it with O_DIRECT
+                # (docs/performance.md); small ones go through the page cache as before.
+                self._out = DirectFile(self._fd, direct=len(chunk) >= DIRECT_MIN)
+            self._out.write(chunk)
         except OSError as e:
             raise self._failed("a member", e) from None
 
     def end(self) -> None:
+        self._out = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -509,6 +515,14 @@ def _load_manifest(raw: bytes, st: _State, root: str) -> None:
         vf = listed.get(v.graph)
         if vf is None or vf.sha256 != v.sha256 or vf.size != v.size:
             raise BindingError(f"{where}: {v.precision} graph {v.graph} is not listed with its size and digest", member=where)
+    # Every engine says which graph it was built from: the source's own precision or a variant.
+    graphs = {m.model.precision: m.model.sha256}
+    graphs.update({v.precision: v.sha256 for v in m.variants})
+    for e in m.engines:
+        if e.build.precision not in graphs:
+            raise BindingError(f"{where}: engine {e.path} is {e.build.precision}, but no graph of that precision is signed", member=where)
+        if e.header is None and e.sha256 != graphs[e.build.precision]:
+            raise BindingError(f"{where}: cpu engine {e.path} is not the signed {e.build.precision} graph", member=where)
     for e in m.engines:
         f = listed.get(e.path)
         if f is None or f.sha256 != e.sha256 or f.size != e.size:
