@@ -218,7 +218,8 @@ def build(
                 stem = engine_stem(model, profiles[0], target, precision)
                 jobs.append(Job(
                     stem=stem, backend=backend.name, target=target, precision=precision, model=model,
-                    model_path=graphs[precision], profiles=profiles, workspace=request.workspace,
+                    model_path=graphs[precision], source_path=Path(request.model),
+                    profiles=profiles, workspace=request.workspace,
                     engine_path=staging / "engines" / f"{stem}{backend.extension}",
                     log_path=staging / "engines" / f"{stem}.log", timing_cache=request.timing_cache,
                 ))

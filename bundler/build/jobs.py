@@ -36,6 +36,7 @@ class Job:
     engine_path: Path
     log_path: Path
     timing_cache: Optional[Path] = None
+    source_path: Optional[Path] = None  # the unconverted source graph (full TensorRT <= 10 uses flags)
 
 
 def _backend(name: str):  # noqa: ANN202

@@ -127,12 +127,17 @@ class TensorRTBackend:
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(job.model_path)):
+        graph, flags_for = self._graph_and_flags(job, major)
+        lines.append(f"[bundler] {job.precision}: building {Path(graph).name}" +
+                     (f" with builder flag(s) {', '.join(flags_for)}" if flags_for else ", precision taken from the graph"))
+        if not parser.parse_from_file(str(graph)):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
             self._write_log(job.log_path, lines + errors)
             first = errors[0].splitlines()[0] if errors else "unknown parser error"
             raise BuildError(f"{label}: the TensorRT ONNX parser failed: {first} (log: {job.log_path.name})")
         config = builder.create_builder_config()
+        for flag in flags_for:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
         if job.workspace:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(job.workspace))
         for profile in job.profiles:
@@ -188,6 +193,25 @@ class TensorRTBackend:
             started=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             duration_s=round(duration, 3),
         )
+
+    def _graph_and_flags(self, job, major: int):  # noqa: ANN001, ANN202
+        """Which graph to parse and which precision builder flags to set.
+
+        TensorRT 11 and TensorRT-RTX take precision from the graph alone: the converted graph, no
+        flags. Full TensorRT <= 10 still has the flags and its fp16/bf16 kernels are chosen by them,
+        so there the fp32 source is built with FP16/BF16 set; int8/fp8 keep their Q/DQ graph and
+        set INT8/FP8, which explicit quantization needs on TensorRT 8.x.
+        """
+        if self.is_rtx or major >= 11:
+            return job.model_path, []
+        flag = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8", "fp8": "FP8"}.get(job.precision)
+        if flag is None:
+            return job.model_path, []
+        if not hasattr(self.trt.BuilderFlag, flag):
+            raise BuildError(f"target {job.target.label}: TensorRT {self.version()} has no {flag} builder flag")
+        if job.precision in ("fp16", "bf16") and job.source_path is not None:
+            return job.source_path, [flag]
+        return job.model_path, [flag]
 
     def _load_timing_cache(self, config, path: Optional[Path]) -> Optional[str]:  # noqa: ANN001
         """Full TensorRT: start from the cache file when it exists. TensorRT-RTX has none."""
