@@ -585,21 +585,39 @@ def _check_manifest_semantics(st: _State) -> None:
 
 # -- host check ---------------------------------------------------------------------------------
 
+_RUNTIME_DISTS = (
+    ("tensorrt_rtx", "tensorrt-rtx", ("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx")),
+    ("tensorrt", "tensorrt", ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")),
+    ("tensorrt_lean", "tensorrt", ("tensorrt-lean", "tensorrt-lean-cu13", "tensorrt-lean-cu12")),
+    ("onnxruntime", "onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+)
+
+
 def installed_runtimes() -> Dict[str, str]:
-    """TensorRT runtimes importable here, by product, with versions; no import (it is slow)."""
+    """TensorRT runtimes importable here, by product, with versions, without importing them
+    (tensorrt_rtx loads a 234 MB library). Known distribution names are asked first; scanning
+    every installed package's metadata (0.17 s, 11% of a 4 GiB verify) is the fallback."""
     from importlib import metadata, util
 
     found: Dict[str, str] = {}
-    for module, product in (("tensorrt_rtx", "tensorrt-rtx"), ("tensorrt", "tensorrt"), ("tensorrt_lean", "tensorrt"),
-                            ("onnxruntime", "onnxruntime")):
-        if util.find_spec(module) is None:
+    scanned = None
+    for module, product, dists in _RUNTIME_DISTS:
+        if product in found or util.find_spec(module) is None:
             continue
-        for dist in metadata.packages_distributions().get(module, []):
+        for dist in dists:
             try:
-                found.setdefault(product, metadata.version(dist))
+                found[product] = metadata.version(dist)
                 break
             except metadata.PackageNotFoundError:
                 continue
+        else:
+            scanned = scanned if scanned is not None else metadata.packages_distributions()
+            for dist in scanned.get(module, []):
+                try:
+                    found[product] = metadata.version(dist)
+                    break
+                except metadata.PackageNotFoundError:
+                    continue
     return found
 
 
