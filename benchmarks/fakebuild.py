@@ -14,7 +14,6 @@ Everything goes through the real `seal` path afterwards, so the bundles are real
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from pathlib import Path
 from typing import List, Optional, Sequence

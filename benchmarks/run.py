@@ -433,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         for rsize in rss_sizes:
             print(f"\n== peak RSS, one sparse engine of {rsize / (1 << 30):.2f} GiB")
-            build = work / f"build-rss"
+            build = work / "build-rss"
             shutil.rmtree(build, ignore_errors=True)
             make_build_dir(build, [rsize], sparse=True)
             out = work / "dist-rss"

@@ -7,19 +7,18 @@ everything it shows is a claim, and its report says so (``verified: false``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .archive import Limits, StrictTarReader
 from .engine_header import HEADER_SIZE, HeaderError, parse_header
-from .errors import InputError
+from .errors import InputError, VerificationError
 from .manifest import EngineHeader, to_dict
 from .seal import MANIFEST
 from .signing import SIGNATURES_DIR, parse_signature_file, parse_statement
-from .errors import VerificationError
 from .verify import MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE
-import json
 
 
 @dataclass

@@ -16,8 +16,6 @@ same pass with a sink that writes into a staging directory, moved into place onl
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import os
 import shutil

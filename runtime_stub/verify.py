@@ -1745,7 +1745,7 @@ def _open_regular(full: str) -> int:
         fd = os.open(full, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
     except FileNotFoundError:
         raise MembersError(f"{full}: disappeared while being verified", member=full) from None
-    except OSError as e:
+    except OSError:
         if _O_NOFOLLOW and os.path.islink(full):
             raise UnsafeMemberError(f"{full}: symlink is not allowed in a bundle", member=full) from None
         raise

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SAMPLE, make_conv_model, make_unbuildable_model, run_bundle
+from conftest import SAMPLE, make_unbuildable_model, run_bundle
 
 SHAPE = "input:1x3x64x64:4x3x64x64:16x3x64x64"
 

@@ -6,9 +6,7 @@ import hashlib
 import json
 import subprocess
 import tarfile
-from pathlib import Path
 
-import pytest
 
 from bundler.engine_header import read_header
 from conftest import onnx_light_model, run_bundle, tar_members

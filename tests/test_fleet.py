@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import SAMPLE, make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
+from conftest import make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
 
 
 def extract(bundle: Path, pub: Path, dest: Path) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
-from pathlib import Path
 
 from conftest import REPO, SAMPLE, run_bundle
 

@@ -183,7 +183,7 @@ BAD_SPECS = [
     ("golden type", f"[[model]]\n{GOOD_MODEL}golden = \"yes\"\n", "key 'golden': expected true or false, got a string"),
     ("workspace type", f"[[model]]\n{GOOD_MODEL}workspace = 2.5\n", "key 'workspace': expected a size"),
     ("shape item type", "[[model]]\n" + GOOD_MODEL.replace(f'["{SHAPE}"]', "[1]"), "key 'shapes': item 1: expected a string, got an integer"),
-    ("model not a table array", f"model = \"a.onnx\"\n", "key 'model': expected an array of tables"),
+    ("model not a table array", "model = \"a.onnx\"\n", "key 'model': expected an array of tables"),
     ("missing path", "[[model]]\n" + GOOD_MODEL.replace('path = "models/a.onnx"\n', ""), "key 'path': missing"),
     ("missing targets", "[[model]]\n" + GOOD_MODEL.replace('targets = ["sm_86"]\n', ""), "key 'targets': missing (here or in [defaults])"),
     ("model file missing", "[[model]]\n" + GOOD_MODEL.replace("a.onnx", "nope.onnx"), "key 'path': no such model file"),

@@ -13,11 +13,10 @@ import hashlib
 import shutil
 import socket
 import time
-from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable
 
 from ..errors import BuildError
-from ..manifest import BackendInfo, BuildSettings, EngineRecord, ModelInfo, ShapeRange, TargetInfo
+from ..manifest import BackendInfo, BuildSettings, EngineRecord, TargetInfo
 from ..targets import Target
 
 

@@ -22,12 +22,12 @@ import socket
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from ..cuda import query_gpus
 from ..engine_header import HeaderError, parse_header
 from ..errors import BuildError
-from ..manifest import BackendInfo, BuildSettings, EngineRecord, ModelInfo, ShapeRange, TargetInfo
+from ..manifest import BackendInfo, BuildSettings, EngineRecord, TargetInfo
 from ..targets import Target
 
 
