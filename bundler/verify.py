@@ -275,7 +275,10 @@ def verify_bundle(
             raise OutputError(f"{extract_to}: already exists; extraction never overwrites")
         if not extract_to.parent.is_dir():
             raise OutputError(f"{extract_to.parent}: no such directory")
-        sink = _ExtractSink(extract_to)
+        try:
+            sink = _ExtractSink(extract_to)
+        except OSError as e:
+            raise OutputError(f"{extract_to.parent}: cannot create a staging directory there ({e.strerror})") from None
     report = VerifyReport(bundle=str(path))
     state = _State(report)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 import json
 import subprocess
 import tarfile
@@ -179,3 +181,16 @@ def test_seal_detects_engine_changed_after_build(tmp_path, keys, tiny_model):
     r = run_bundle("seal", build, "--key", keys["release"]["key"], "--out", tmp_path / "dist")
     assert r.code == 3 and "changed since it was built" in r.err
     assert list((tmp_path / "dist").iterdir()) == []  # no partial tar under any name
+
+
+def test_extract_into_an_unwritable_place_is_an_output_error(tiny_bundle, keys, tmp_path):
+    # root ignores directory permissions, so use a place where nobody can create a directory.
+    if os.geteuid() == 0:
+        dest = Path("/proc/trt-bundler-x")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        dest = ro / "x"
+    r = run_bundle("extract", tiny_bundle, "--trust", keys["release"]["pub"], "--dest", dest)
+    assert r.code == 6 and "cannot create a staging directory" in r.err
+    assert not dest.exists()
