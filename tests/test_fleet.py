@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
+from conftest import SAMPLE, make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
 
 
 def extract(bundle: Path, pub: Path, dest: Path) -> dict:
@@ -168,3 +168,24 @@ def test_failing_parallel_build_names_target_keeps_logs_leaves_no_bundle(tmp_pat
     assert sorted(p.suffix for p in logs.iterdir()) == [".log", ".log"]
     assert all(p.read_text().strip() for p in logs.iterdir())
     assert [p.name for p in out.iterdir()] == ["t-1.0.0.failed-logs"]  # no bundle, no temporary directory
+
+
+def test_live_build_table_on_a_terminal(tmp_path):
+    """On a terminal the builds show as a live rich table (here a pseudo-terminal made by script(1))."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("script") is None:
+        pytest.skip("script(1) not installed")
+    log = tmp_path / "tty.log"
+    cmd = (f"{sys.executable} -m bundler.cli build {SAMPLE} --name t --version 1.0.0 --target sm_86 --target sm_89 "
+           f"--out {tmp_path / 'b'} --backend tensorrt-rtx --jobs 2")
+    p = subprocess.run(["script", "-qec", cmd, str(log)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    screen = log.read_bytes().decode("utf-8", "replace")
+    assert "builds" in screen  # the live table's title
+    for col in ("target", "precision", "stage", "elapsed"):
+        assert col in screen
+    assert "done" in screen and "Traceback" not in screen
+    assert (tmp_path / "b" / "build.json").is_file()
