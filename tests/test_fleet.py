@@ -181,7 +181,7 @@ def test_live_build_table_on_a_terminal(tmp_path):
     log = tmp_path / "tty.log"
     cmd = (f"{sys.executable} -m bundler.cli build {SAMPLE} --name t --version 1.0.0 --target sm_86 --target sm_89 "
            f"--out {tmp_path / 'b'} --backend tensorrt-rtx --jobs 2")
-    p = subprocess.run(["script", "-qec", cmd, str(log)], capture_output=True, text=True, timeout=300)
+    p = subprocess.run(["script", "-qec", cmd, str(log)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     screen = log.read_bytes().decode("utf-8", "replace")
     assert "builds" in screen  # the live table's title
