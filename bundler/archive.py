@@ -399,8 +399,8 @@ class _CountingReader:
         return data
 
 
-_OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*$")
-_DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)$")
+_OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*\Z")
+_DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)\Z")
 
 
 def _octal(field: bytes, what: str, offset: int) -> int:
@@ -527,7 +527,7 @@ class StrictTarReader:
                 if not _DECIMAL_RE.match(pax["size"]):
                     raise ArchiveError(f"PAX size at byte {offset} is not a plain decimal number")
                 size = int(pax["size"])
-            if "mtime" in pax and not re.match(r"^-?[0-9]+(\.[0-9]+)?$", pax["mtime"]):
+            if "mtime" in pax and not re.match(r"^-?[0-9]+(\.[0-9]+)?\Z", pax["mtime"]):
                 raise ArchiveError(f"PAX mtime at byte {offset} is not a number")
         if typeflag in (b"0", b"\0", b"7"):
             if typeflag == b"7":
@@ -600,7 +600,7 @@ class StrictTarReader:
             sp = raw.find(b" ", pos)
             if sp < 0:
                 raise ArchiveError(f"malformed PAX record at byte {offset}")
-            if not re.match(rb"^[1-9][0-9]*$", raw[pos:sp]):
+            if not re.match(rb"^[1-9][0-9]*\Z", raw[pos:sp]):
                 raise ArchiveError(f"malformed PAX record length at byte {offset}")
             length = int(raw[pos:sp])
             if length <= 0 or pos + length > len(raw):

@@ -43,7 +43,7 @@ class ShapeSpec:
     max: Tuple[int, ...]
 
 
-_DIMS_RE = re.compile(r"^\d+(x\d+)*$")
+_DIMS_RE = re.compile(r"^\d+(x\d+)*\Z")
 
 
 def _parse_dims(text: str, arg: str) -> Tuple[int, ...]:
@@ -323,7 +323,7 @@ def safe_stem(text: str) -> str:
     return s or "model"
 
 
-_SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.I)
+_SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?\Z", re.I)
 
 
 def parse_size(text: str) -> int:

@@ -33,8 +33,8 @@ GPU_TABLE: Dict[str, Tuple[int, int]] = {
     "dgx-spark": (12, 1), "gb10": (12, 1),
 }
 
-_SM_RE = re.compile(r"^(?:sm_?|compute_?)?(\d{1,2})(\d)$")
-_DOT_RE = re.compile(r"^(\d{1,2})\.(\d)$")
+_SM_RE = re.compile(r"^(?:sm_?|compute_?)?(\d{1,2})(\d)\Z")
+_DOT_RE = re.compile(r"^(\d{1,2})\.(\d)\Z")
 
 
 @dataclass(frozen=True)

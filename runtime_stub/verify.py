@@ -1020,10 +1020,10 @@ class _Source:
         self.hasher.close()
 
 
-_OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*$")
-_DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)$")
-_MTIME_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
-_PAX_LENGTH_RE = re.compile(rb"^[1-9][0-9]*$")
+_OCTAL_RE = re.compile(rb"^ *([0-7]*)[ \0]*\Z")
+_DECIMAL_RE = re.compile(r"^(0|[1-9][0-9]*)\Z")
+_MTIME_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?\Z")
+_PAX_LENGTH_RE = re.compile(rb"^[1-9][0-9]*\Z")
 
 
 def _octal(fld: bytes, what: str, offset: int) -> int:

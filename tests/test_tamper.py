@@ -725,7 +725,7 @@ def test_pax_header_dangling_before_end_marker(tmp_path, entries, pub) -> None: 
     assert_rejected(tmp_path / "dangling.tar", ExitCode.ARCHIVE, pub)
 
 
-@pytest.mark.parametrize("size_value", ["+5", "1_0", " 10", "0x10"])
+@pytest.mark.parametrize("size_value", ["+5", "1_0", " 10", "0x10", "10\n"])
 def test_pax_size_must_be_plain_decimal(tmp_path, entries, pub, size_value) -> None:  # noqa: ANN001
     i = find(entries, "runtime/README.txt")
     ti, data = entries[i]
