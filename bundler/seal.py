@@ -94,7 +94,10 @@ def runtime_files() -> List[Tuple[str, bytes, int]]:
     return out
 
 
-def _collect(build_dirs: Sequence[Path]) -> Tuple[BuildRecord, List[Tuple[Path, EngineRecord]], Path]:
+def _collect(
+    build_dirs: Sequence[Path],
+) -> Tuple[List[Tuple[Path, BuildRecord]], List[Tuple[Path, EngineRecord]]]:
+    """Load every build dir's record once and check they can share one bundle."""
     records = [(Path(d), load_build_dir(Path(d))) for d in build_dirs]
     if not records:
         raise InputError("give at least one build directory")
@@ -114,14 +117,14 @@ def _collect(build_dirs: Sequence[Path]) -> Tuple[BuildRecord, List[Tuple[Path, 
                 raise InputError(f"engine {e.path} is in both {seen[e.path]} and {d}")
             seen[e.path] = d
             engines.append((d, e))
-    return first, engines, first_dir
+    return records, engines
 
 
-def _variants(build_dirs: Sequence[Path]) -> Tuple[List[PrecisionVariant], List[_Payload]]:
+def _variants(records: Sequence[Tuple[Path, BuildRecord]]) -> Tuple[List[PrecisionVariant], List[_Payload]]:
     """Converted graphs (fp16, int8, ...) of every build dir; the same precision must be the same graph."""
     seen: Dict[str, Tuple[Path, PrecisionVariant]] = {}
-    for d in build_dirs:
-        for v in load_build_dir(Path(d)).variants:
+    for d, rec in records:
+        for v in rec.variants:
             prev = seen.get(v.precision)
             if prev is None:
                 seen[v.precision] = (Path(d), v)
@@ -183,7 +186,8 @@ def seal(
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> SealResult:
     """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``."""
-    record, engines, first_dir = _collect(build_dirs)
+    records, engines = _collect(build_dirs)
+    first_dir, record = records[0]
     root = f"{record.name}-{record.version}"
     out_dir = Path(out_dir)
     final = out_dir / f"{root}.bundle.tar"
@@ -206,7 +210,7 @@ def seal(
         raise InputError(f"{model_src}: source model missing or changed since the build")
     payloads.append(_Payload(model_src, FileEntry(record.model.path, record.model.size, record.model.sha256)))
     payloads += _golden_payloads(build_dirs, record)
-    variants, variant_payloads = _variants(build_dirs)
+    variants, variant_payloads = _variants(records)
     payloads += variant_payloads
     runtime = [
         (f"{RUNTIME_DIR}/{n}", data, mode) for n, data, mode in runtime_files()
