@@ -620,17 +620,18 @@ def fix_dims_cmd(
 
 @app.command("verifier")
 def verifier_cmd(
-    print_digest: bool = typer.Option(False, "--print-digest", help="Print the SHA-256 of the standalone verifier."),
+    print_digest: bool = typer.Option(  # noqa: ARG001 - printing is what the command always does
+        False, "--print-digest", help="Print the SHA-256 of the standalone verifier (done with or without --out)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the standalone verifier to this new file."),
 ) -> None:
     """The stdlib-only verifier (runtime/verify.py): its digest, or a standalone copy for a closed host."""
     from .runtime import verifier_bytes, write_verifier
 
     def go() -> None:
-        data = verifier_bytes()
         import hashlib
 
-        digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(verifier_bytes()).hexdigest()
         if out is not None:
             write_verifier(out)
             _err().print(f"wrote {out}; check on the closed host: sha256sum {out.name} must print {digest}")
