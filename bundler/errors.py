@@ -8,6 +8,7 @@ interface and are documented in docs/exit-codes.md; never renumber them.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Optional
 
@@ -105,6 +106,23 @@ class HostError(VerificationError):
     code = ExitCode.HOST
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is so every ``finally`` and ``except
+    KeyboardInterrupt`` cleanup runs (staging and temporary directories, worker processes).
+
+    A subclass of KeyboardInterrupt so that code written for Ctrl-C handles a CI cancel or
+    `timeout` (SIGTERM) the same way. The exit code is 128 + the signal number (130, 143).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
 def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
     """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
     for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
@@ -112,3 +130,30 @@ def error_for_code(code: int, message: str, member: Optional[str] = None) -> Bun
         if int(cls.code) == int(code):
             return cls(message, member=member)
     return BundleError(message, member=member)
+
+
+KEY_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def printable(text: object) -> str:
+    """The one display rule for a string that may come from a bundle (or quote one).
+
+    Printable ASCII passes; a backslash is doubled; everything else (C0 and C1 control
+    characters, escape sequences, DEL, bidi overrides, lone surrogates, any non-ASCII) is written
+    as a Python escape (``\\x1b``, ``\\u202e``). This is the standard library's ``unicode_escape``
+    codec, identical on every Python from 3.8 on, so the CLI, ``runtime/verify.py`` and
+    ``runtime/loader.py`` show the same bytes the same way, and no terminal ever receives a byte
+    that a bundle chose. Rich markup is a separate concern: callers render the result as plain
+    text (``rich.text.Text``, ``markup=False``), never as markup.
+    """
+    return str(text).encode("unicode_escape").decode("ascii")
+
+
+def shown_key_id(hint: Optional[str]) -> str:
+    """A signature file's key hint for display: a real key id (64 lowercase hex) or a label.
+
+    The hint is read before anything is authenticated; one that is not a key id is never echoed.
+    """
+    if hint is None:
+        return "(no key hint)"
+    return hint if KEY_ID_RE.match(hint) else "(invalid key hint)"

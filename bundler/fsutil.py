@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import stat
 from pathlib import Path
+from typing import List
 
 from .errors import OutputError
 
@@ -28,3 +30,53 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if dst.exists():
         raise OutputError(f"{dst}: already exists; not overwritten")
     os.rename(src, dst)
+
+
+def make_workdir(parent: Path, prefix: str) -> Path:
+    """A private (0700) temporary directory named ``PREFIX<pid>-XXXX`` under ``parent``.
+
+    The pid in the name is what lets a later run tell a leftover of a killed run (SIGKILL leaves
+    no chance to clean up) from the working directory of a run still going: see `remove_stale`.
+    """
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=str(parent)))
+
+
+def remove_stale(parent: Path, prefix: str) -> List[Path]:
+    """Remove ``PREFIX<pid>-*`` directories under ``parent`` whose process is gone.
+
+    Only real directories (not symlinks) owned by this user are touched, and only when their
+    pid names no living process; a directory of a live run, or of a reused pid, is left alone
+    (merely ignored: every run makes a fresh one). Returns what was removed.
+    """
+    import shutil
+
+    removed: List[Path] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        path = Path(parent) / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

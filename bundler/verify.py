@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set
 
 from .archive import CHUNK, AsyncSha256, DirectFile, Limits, Member, StrictTarReader
-from .fsutil import rename_noreplace
+from .fsutil import make_workdir, remove_stale, rename_noreplace
 from .engine_header import HEADER_SIZE, HeaderError, parse_header, version_matches
 from .errors import (
     ArchiveError,
@@ -33,6 +32,7 @@ from .errors import (
     DigestError,
     ExitCode,
     HostError,
+    KEY_ID_RE,
     InputError,
     LimitsError,
     MembersError,
@@ -158,7 +158,9 @@ class _ExtractSink(_Sink):
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+        # Leftovers of an extraction into the same place that was SIGKILLed are removed first.
+        remove_stale(dest.parent, f".{dest.name}.staging-")
+        self.staging = make_workdir(dest.parent, f".{dest.name}.staging-")
         self._root_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self._fd: Optional[int] = None
         self._out: Optional[DirectFile] = None
@@ -212,15 +214,17 @@ class _ExtractSink(_Sink):
             raise self._failed("a member", e) from None
 
     def end(self) -> None:
+        # Forget the number before closing it: a signal that lands right after close() must not
+        # make abort() close it again (EBADF, or worse, another file that took the number).
         self._out = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _close_root(self) -> None:
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1  # never close a number twice: another file may hold it by then
+        fd, self._root_fd = self._root_fd, -1  # never close a number twice
+        if fd >= 0:
+            os.close(fd)
 
     def commit(self) -> None:
         self.end()
@@ -229,8 +233,13 @@ class _ExtractSink(_Sink):
         rename_noreplace(self.staging, self.dest)
 
     def abort(self) -> None:
-        self.end()
-        self._close_root()
+        """Remove the staging directory. Runs while another error (or a signal) is on its way
+        out, so nothing here may raise in its place."""
+        for step in (self.end, self._close_root):
+            try:
+                step()
+            except OSError:
+                pass
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -366,12 +375,18 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
         st.files[p] = FileReport(p, None, d)
     if MANIFEST not in signed:
         raise BindingError(f"the signed file list has no {MANIFEST}; not a bundle of this format")
+    # A directory member must be a parent of a signed path: checked as each one arrives, so an
+    # archive of a million unsigned directories costs extraction no more than verification.
+    parents = _parents(list(signed) + [rel for _, rel, _ in sig_files])
+    for d in sorted(st.dirs):
+        _check_dir(root, d, parents)
 
     # 2. manifest.json, then everything else, hashed as it streams
     first_payload = True
     while member is not None:
         rel = _rel(root, member)
         if member.is_dir:
+            _check_dir(root, rel, parents)
             st.dirs.add(rel)
             if sink is not None:
                 sink.mkdir(rel)
@@ -436,10 +451,29 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State, si
     if missing:
         raise MembersError(f"{root}/{missing[0]}: signed member missing from the bundle" +
                            (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), member=f"{root}/{missing[0]}")
-    members = set(signed) | {rel for _, rel, _ in sig_files}
-    for d in st.dirs:
-        if d and not any(p.startswith(d + "/") for p in members):
-            raise MembersError(f"{root}/{d}/: directory member that holds no signed file", member=f"{root}/{d}")
+
+
+def _parents(paths: List[str]) -> Set[str]:
+    """Every directory that holds a signed path, the bundle's top directory ("") included."""
+    out = {""}
+    for p in paths:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.add("/".join(parts[:i]))
+    return out
+
+
+def _check_dir(root: str, rel: str, parents: Set[str]) -> None:
+    if rel not in parents:
+        raise MembersError(f"{root}/{rel}/: directory member that holds no signed file", member=f"{root}/{rel}")
+
+
+def _short_key_id(hint: Optional[str]) -> str:
+    """A key hint in a message: it was read before anything was authenticated, so only a real
+    key id (64 lowercase hex) is quoted, shortened; anything else is named, never echoed."""
+    if hint is None:
+        return "unknown"
+    return hint[:16] + "..." if KEY_ID_RE.match(hint) else "invalid-hint"
 
 
 def _check_signatures(sig_files: List[tuple], trusted: Dict[str, TrustedKey], report: VerifyReport) -> Statement:
@@ -458,11 +492,11 @@ def _check_signatures(sig_files: List[tuple], trusted: Dict[str, TrustedKey], re
             if candidates:
                 sr.trusted, sr.valid = sf.hint is not None, False
                 raise SignatureError(
-                    f"{full}: signature does not verify under trusted key {candidates[0].key_id[:16]}…", member=full
+                    f"{full}: signature does not verify under trusted key {candidates[0].key_id[:16]}...", member=full
                 )
     if not statements:
-        signers = ", ".join(sorted((s.key_id or "unknown")[:16] + "…" for s in report.signers))
-        trusted_ids = ", ".join(sorted(k[:16] + "…" for k in trusted))
+        signers = ", ".join(sorted(_short_key_id(s.key_id) for s in report.signers))
+        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in trusted))
         raise SignatureError(f"no signature from a trusted key (signed by {signers}; trusted: {trusted_ids})")
     first = statements[0]
     for s in statements[1:]:

@@ -42,7 +42,14 @@ the test suite also checks that the source parses with ``ast.parse(src, feature_
 and imports only standard-library modules.
 """
 
-import argparse
+import sys
+
+if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
+    # Python put this script's directory first on sys.path: take it off before any other import,
+    # so a module planted beside the verifier (a json.py in runtime/) is never imported.
+    del sys.path[0]
+
+import argparse  # noqa: E402 - after the sys.path guard, on purpose
 import base64
 import binascii
 import ctypes
@@ -56,7 +63,6 @@ import queue
 import re
 import stat
 import struct
-import sys
 import threading
 import typing
 from dataclasses import dataclass, field
@@ -85,6 +91,25 @@ PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 
 
 # == errors and exit codes (bundler/errors.py; the numbers are a public interface) ==============
+
+KEY_ID_RE = re.compile(r"[0-9a-f]{64}\Z")
+TRUST_ENV = "BUNDLE_TRUST"
+
+
+def printable(text: Any) -> str:
+    """The display rule for any string that may come from a bundle (bundler/errors.py
+    `printable`): printable ASCII passes, a backslash is doubled, everything else (control
+    characters, escape sequences, non-ASCII) becomes a Python escape. It is the standard
+    library's ``unicode_escape`` codec, the same on every Python from 3.8 on."""
+    return str(text).encode("unicode_escape").decode("ascii")
+
+
+def shown_key_id(hint: Optional[str]) -> str:
+    """A signature file's key hint for display: a real key id, or a label; never echoed raw."""
+    if hint is None:
+        return "(no key hint)"
+    return hint if KEY_ID_RE.match(hint) else "(invalid key hint)"
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -1427,12 +1452,18 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
         st.files[p] = FileReport(p, None, d)
     if MANIFEST not in signed:
         raise BindingError(f"the signed file list has no {MANIFEST}; not a bundle of this format")
+    # A directory member must be a parent of a signed path: checked as each one arrives, so an
+    # archive of a million unsigned directories costs extraction no more than verification.
+    parents = _parents(list(signed) + [rel for _, rel, _ in sig_files])
+    for d in sorted(st.dirs):
+        _check_dir(root, d, parents)
 
     # 2. manifest.json, then everything else, hashed as it streams
     first_payload = True
     while member is not None:
         rel = _rel(root, member)
         if member.is_dir:
+            _check_dir(root, rel, parents)
             st.dirs.add(rel)
             member = reader.next()
             continue
@@ -1470,10 +1501,6 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
     if not reader.finished:  # pragma: no cover - next() returns None only at the end
         raise ArchiveError("archive did not end cleanly")
     _check_missing(st, root)
-    members = set(signed) | {rel for _, rel, _ in sig_files}
-    for d in st.dirs:
-        if d and not any(p.startswith(d + "/") for p in members):
-            raise MembersError(f"{root}/{d}/: directory member that holds no signed file", member=f"{root}/{d}")
 
 
 def _wants_head(rel: str) -> bool:
@@ -1522,6 +1549,29 @@ def _check_missing(st: _State, root: str) -> None:
                            member=f"{root}/{missing[0]}")
 
 
+def _parents(paths: List[str]) -> Set[str]:
+    """Every directory that holds a signed path, the bundle's top directory ("") included."""
+    out = {""}
+    for p in paths:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.add("/".join(parts[:i]))
+    return out
+
+
+def _check_dir(root: str, rel: str, parents: Set[str]) -> None:
+    if rel not in parents:
+        raise MembersError(f"{root}/{rel}/: directory member that holds no signed file", member=f"{root}/{rel}")
+
+
+def _short_key_id(hint: Optional[str]) -> str:
+    """A key hint in a message: it was read before anything was authenticated, so only a real
+    key id (64 lowercase hex) is quoted, shortened; anything else is named, never echoed."""
+    if hint is None:
+        return "unknown"
+    return hint[:16] + "..." if KEY_ID_RE.match(hint) else "invalid-hint"
+
+
 def _check_signatures(sig_files: List[Tuple[str, str, bytes]], trusted: Dict[str, TrustedKey],
                       report: VerifyReport) -> Statement:
     statements = []  # type: List[Statement]
@@ -1539,11 +1589,11 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], trusted: Dict[str
             if candidates:
                 sr.trusted, sr.valid = sf.hint is not None, False
                 raise SignatureError(
-                    f"{full}: signature does not verify under trusted key {candidates[0].key_id[:16]}\u2026", member=full
+                    f"{full}: signature does not verify under trusted key {candidates[0].key_id[:16]}...", member=full
                 )
     if not statements:
-        signers = ", ".join(sorted((s.key_id or "unknown")[:16] + "\u2026" for s in report.signers))
-        trusted_ids = ", ".join(sorted(k[:16] + "\u2026" for k in trusted))
+        signers = ", ".join(sorted(_short_key_id(s.key_id) for s in report.signers))
+        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in trusted))
         raise SignatureError(f"no signature from a trusted key (signed by {signers}; trusted: {trusted_ids})")
     first = statements[0]
     for s in statements[1:]:
@@ -1858,7 +1908,8 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
     for rel in sorted(files):
         if not rel.startswith(SIGNATURES_DIR + "/") and rel not in st.files:
             st.files[rel] = FileReport(rel, None, None, size=files[rel], status="extra")
-            raise MembersError(f"{full(rel)}: extra file, not in the signed file list", member=full(rel))
+            raise MembersError(f"{full(rel)}: extra file, not in the signed file list; move it out of the bundle "
+                               "directory (keep inputs, outputs and reports outside it)", member=full(rel))
     if missing:
         _raise_missing(st, where, missing)
     members = set(signed) | set(sig_rels)
@@ -2005,7 +2056,7 @@ def _one_line(msg: str) -> str:
 
 
 def _err_line(cls: str, msg: str) -> None:
-    print(f"error [{cls}]: {_one_line(msg)}", file=sys.stderr)
+    print(f"error [{cls}]: {printable(_one_line(msg))}", file=sys.stderr)
 
 
 def _fail(e: BaseException, json_mode: bool) -> int:
@@ -2022,7 +2073,7 @@ def _fail(e: BaseException, json_mode: bool) -> int:
 
 def _print_report(rep: VerifyReport) -> None:
     if rep.ok:
-        print(f"VERIFIED {rep.name} {rep.version}  ({rep.bundle})")
+        print(f"VERIFIED {printable(rep.name)} {printable(rep.version)}  ({printable(rep.bundle)})")
     for s in rep.signers:
         if s.valid:
             state = "trusted, valid"
@@ -2030,7 +2081,7 @@ def _print_report(rep: VerifyReport) -> None:
             state = "INVALID under the trusted keys"
         else:
             state = "untrusted key, not checked"
-        print(f"signer:  {s.key_id or '(no key hint)'}  [{state}]")
+        print(f"signer:  {shown_key_id(s.key_id)}  [{state}]")
     if rep.sha256:
         print(f"sha256:  {rep.sha256}")
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -2038,10 +2089,20 @@ def _print_report(rep: VerifyReport) -> None:
     for e in rep.engines:
         hdr = ("onnx (cpu)" if e.backend == "onnxruntime" else "-") if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
         runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")
-        print(f"engine:  {e.path.split('/')[-1]}  target {e.target}  cc {e.cc or '-'}  header {hdr}  runs here: {runs}")
+        print(printable(f"engine:  {e.path.split('/')[-1]}  target {e.target}  cc {e.cc or '-'}  header {hdr}  runs here: {runs}"))
     if rep.host is not None and not rep.host.runnable:
         why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
         print(f"host:    {why}; the bundle is authentic, but none of its engines can run here")
+
+
+def trust_paths(flags: List[str]) -> List[str]:
+    """Trusted key files: ``--trust`` flags, else ``BUNDLE_TRUST`` (files separated by
+    ``os.pathsep``, like PATH). The loader passes its flags here and never reads trust itself,
+    so the two can never disagree about which keys count."""
+    paths = list(flags) or [p for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    if not paths:
+        raise InputError(f"no trusted key: pass --trust KEY.pub or set {TRUST_ENV} (a key inside the bundle is never trusted)")
+    return paths
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -2052,13 +2113,12 @@ def _main(argv: Optional[List[str]]) -> int:
     )
     parser.add_argument("bundle", help="a .bundle.tar file, or a directory made by `bundle extract`")
     parser.add_argument("--trust", action="append", default=[], metavar="PUB",
-                        help="trusted public key PEM (repeatable); a key inside the bundle is never trusted")
+                        help="trusted public key PEM (repeatable; default: $BUNDLE_TRUST, files separated by os.pathsep); "
+                             "a key inside the bundle is never trusted")
     parser.add_argument("--json", dest="json_mode", action="store_true", help="print the full report as one JSON document")
     parser.add_argument("--require-host", action="store_true", help="also fail (exit 17) unless an engine can run on this host")
     args = parser.parse_args(argv)
-    if not args.trust:
-        raise InputError("no trusted key: pass --trust KEY.pub (a key inside the bundle is never trusted)")
-    trusted = load_trust([Path(p) for p in args.trust])
+    trusted = load_trust([Path(p) for p in trust_paths(args.trust)])
     rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host)
     if args.json_mode:
         print(json.dumps(rep.to_dict(), indent=2))
