@@ -1,38 +1,53 @@
 """The runtime side on hosts where bundler is installed: the standalone verifier and `bundle run`.
 
-`bundle run` verifies with the library (cryptography, streaming) and then hands over to the
-bundle's own loader. The loader verifies once more before it loads anything, and here it is
-pointed at the verifier installed with bundler, not the copy inside the bundle: a verifier
-shipped in a bundle is only as trustworthy as the bundle.
+`bundle run` never executes code it found in a bundle. It runs the loader and the verifier that
+were installed with trt-bundler (the same files every bundle carries as ``runtime/``), copied into
+a private 0700 directory, with an isolated interpreter (``python -I``), so nothing beside them can
+be imported. A tar is verified and extracted by the library into that private directory first; a
+directory is verified by the loader itself, through the installed verifier. Either way the loader
+then reads each file once and uses only bytes whose digest the verification proved
+(runtime_stub/loader.py, docs/security.md).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 from .errors import InputError, OutputError, error_for_code
+from .fsutil import make_workdir, remove_stale
 from .signing import TrustedKey
 
 VERIFIER = "verify.py"
 LOADER = "loader.py"
+RUN_PREFIX = "bundle-run-"
+
+
+def _stub_bytes(name: str) -> bytes:
+    return resources.files("runtime_stub").joinpath(name).read_bytes()
 
 
 def verifier_bytes() -> bytes:
-    return resources.files("runtime_stub").joinpath(VERIFIER).read_bytes()
+    return _stub_bytes(VERIFIER)
 
 
-def write_verifier(dest: Path) -> None:
-    """Write the standalone verifier to a new file (never overwriting), mode 0755."""
-    data = verifier_bytes()
+def loader_bytes() -> bytes:
+    return _stub_bytes(LOADER)
+
+
+def _write_new(dest: Path, data: bytes, mode: int) -> None:
+    """Write a new file (never overwriting, never through a symlink)."""
     try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except FileExistsError:
         raise OutputError(f"{dest}: already exists; not overwritten") from None
     except OSError as e:
@@ -41,37 +56,62 @@ def write_verifier(dest: Path) -> None:
         f.write(data)
 
 
+def write_verifier(dest: Path) -> None:
+    """Write the standalone verifier to a new file (never overwriting), mode 0755."""
+    _write_new(dest, verifier_bytes(), 0o755)
+
+
+def _die_with_parent() -> Optional[Callable[[], None]]:
+    """A preexec function that makes the child get SIGKILL when `bundle` dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so no loader outlives the command that started it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    PR_SET_PDEATHSIG = 1
+
+    def set_pdeathsig() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+    return set_pdeathsig
+
+
 def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[Path], args: List[str]) -> int:
-    """Verify ``bundle`` (a tar, extracted into a temporary directory, or a directory), then run
-    ``runtime/loader.py ARGS`` from it. Returns the loader's exit code."""
+    """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
+    ``ARGS`` on it with ``python -I``. Returns the loader's exit code.
+
+    The private working directory is removed on success, failure, Ctrl-C and SIGTERM (the CLI
+    turns SIGTERM into an exception); one left by a SIGKILLed run is removed by the next run.
+    """
     from .verify import verify_bundle
 
     bundle = Path(bundle)
     if not args:
         raise InputError("give the loader command after --, e.g. bundle run B --trust K -- selftest")
-    work = None
+    if not bundle.is_dir() and not bundle.is_file():
+        raise InputError(f"{bundle}: no such bundle file or directory")
+    tmp = Path(tempfile.gettempdir())
+    remove_stale(tmp, RUN_PREFIX)
     try:
-        if bundle.is_dir():
-            root = bundle
-        elif bundle.is_file():
-            work = Path(tempfile.mkdtemp(prefix="bundle-run-"))
+        work = make_workdir(tmp, RUN_PREFIX)
+    except OSError as e:
+        raise OutputError(f"{tmp}: cannot create a private working directory ({e.strerror})") from None
+    try:
+        loader, verifier = work / LOADER, work / VERIFIER
+        _write_new(loader, loader_bytes(), 0o600)
+        _write_new(verifier, verifier_bytes(), 0o600)
+        root = bundle
+        if bundle.is_file():
             root = work / "bundle"
             report = verify_bundle(bundle, trusted, extract_to=root)
             if not report.ok:
                 assert report.error is not None
                 raise error_for_code(report.exit_code, report.error.message, report.error.member)
-        else:
-            raise InputError(f"{bundle}: no such bundle file or directory")
-        loader = root / "runtime" / LOADER
-        if not loader.is_file():
-            raise InputError(f"{bundle}: has no runtime/{LOADER}; it was sealed by an older trt-bundler")
-        with tempfile.TemporaryDirectory(prefix="bundle-verifier-") as vd:
-            verifier = Path(vd) / VERIFIER
-            write_verifier(verifier)
-            cmd = [sys.executable, str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
-            for t in trust_paths:
-                cmd += ["--trust", str(t)]
-            return subprocess.run(cmd + args[1:]).returncode
+        cmd = [sys.executable, "-I", str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
+        for t in trust_paths:
+            cmd += ["--trust", str(t)]
+        return subprocess.run(cmd + args[1:], preexec_fn=_die_with_parent()).returncode
     finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

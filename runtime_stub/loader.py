@@ -6,34 +6,59 @@ Needs only Python >= 3.8, numpy, and whichever runtime is present: `tensorrt_rtx
 to the driver library (libcuda.so.1, present wherever the NVIDIA driver is), so there is no
 PyTorch, pycuda or cuda-python to install on the closed host.
 
-    python3 runtime/loader.py info     --trust KEY.pub
-    python3 runtime/loader.py selftest --trust KEY.pub
-    python3 runtime/loader.py run      --trust KEY.pub --input x=x.npy --output out.npz
-    python3 runtime/loader.py bench    --trust KEY.pub --iterations 200 --json
+    python3 -I DIR/runtime/loader.py info     --trust KEY.pub
+    python3 -I DIR/runtime/loader.py selftest --trust KEY.pub
+    python3 -I DIR/runtime/loader.py run      --trust KEY.pub --input x=x.npy --output out.npz
+    python3 -I DIR/runtime/loader.py bench    --trust KEY.pub --iterations 200 --json > bench.json
+
+(DIR is the extracted bundle; run from a working directory outside it.) Keep every file of your own (inputs, outputs, redirected reports) outside the bundle directory:
+a file inside it is an extra file, and every later verification fails on it. The loader refuses
+to write its own outputs there.
 
 Before loading anything the bundle is verified with a stdlib-only verifier (``--verifier``, by
 default ``runtime/verify.py`` beside this file; operators should point it at the standalone copy
-they installed and checked once). Without trust it refuses, unless ``--no-verify`` is given.
-``BUNDLE_TRUST`` names the default trusted key.
+they installed and checked once). Trust is read by that verifier, the same way it reads it when
+run alone: ``--trust KEY.pub`` (repeatable), else ``BUNDLE_TRUST`` (key files separated by
+``os.pathsep``). Without trust it refuses, unless ``--no-verify`` is given: then nothing is
+checked against a signature, the manifest and every file are used as found, and every report
+says ``"verified": false``.
 
 Exit codes: 0 ok; 2 usage; 3 bad input (files, names, dtypes, shapes); 10-16 verification
-failures (as `bundle verify`); 20 no engine in the bundle fits this host; 21 selftest outside
-tolerance; 22 runtime or CUDA failure.
+failures (as `bundle verify`; 12 also when a file changed after it was verified); 20 no engine in
+the bundle fits this host; 21 selftest outside tolerance; 22 runtime or CUDA failure; 130/143
+interrupted (SIGINT/SIGTERM).
+
+Run it as ``python3 -I runtime/loader.py ...``. Whatever the flags, its first statement takes its
+own directory off the import path, so nothing planted beside it (a ``json.py``, a ``numpy/``) is
+ever imported; ``-I`` also ignores PYTHON* variables and the user's site-packages. After the
+verifier has proved each file's SHA-256, every file the loader uses (manifest, engine, golden data)
+is read exactly once, checked against that proven digest, and used from those bytes: a file
+swapped after verification is caught (exit 12), and a path that leaves the bundle is refused.
 """
 
-from __future__ import annotations
-
-import argparse
-import ctypes
-import ctypes.util
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+
+if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
+    # Python put this script's directory first on sys.path: take it off before any other import,
+    # so a module planted beside the loader can never shadow the standard library or numpy.
+    # (No `from __future__` line above this: that statement is itself an import.)
+    del sys.path[0]
+
+import argparse  # noqa: E402 - after the sys.path guard, on purpose
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_INPUT = 3
@@ -238,43 +263,163 @@ class Cuda:
 
 # -- the bundle -----------------------------------------------------------------------------------
 
+def printable(text: Any) -> str:
+    """Every string shown from a bundle goes through this: printable ASCII passes, a backslash is
+    doubled, anything else (control characters, escape sequences, non-ASCII) is written as a
+    Python escape. It is the standard library's ``unicode_escape`` codec, the same rule as
+    `bundle` and verify.py use, so no terminal ever receives a byte the bundle chose."""
+    return str(text).encode("unicode_escape").decode("ascii")
+
+
 def find_bundle(arg: Optional[str]) -> Path:
     root = Path(arg) if arg else Path(__file__).resolve().parent.parent
-    if not (root / "manifest.json").is_file():
-        raise LoaderError("%s: not an extracted bundle (no manifest.json); pass --bundle DIR" % root, EXIT_INPUT)
+    if not root.is_dir():
+        raise LoaderError("%s: not an extracted bundle directory; pass --bundle DIR" % printable(root), EXIT_INPUT)
     return root
 
 
-def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], no_verify: bool) -> Optional[Dict[str, Any]]:
-    """Run the stdlib verifier in a child process; any failure stops the loader with its exit code."""
-    if no_verify:
-        sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle\n")
-        return None
-    if not trust:
-        env = os.environ.get("BUNDLE_TRUST")
-        trust = [env] if env else []
-    if not trust:
-        raise LoaderError("no trusted key: pass --trust KEY.pub or set BUNDLE_TRUST (or --no-verify, at your own risk)", EXIT_USAGE)
+VERIFICATION_CLASSES = {10, 11, 12, 13, 14, 15, 16, 17}
+
+
+def verify_bundle(root: Path, trust: List[str], verifier: Optional[str]) -> Dict[str, Tuple[int, str]]:
+    """Run the stdlib verifier on ``root`` in an isolated child process (``python -I``).
+
+    Returns what it proved: every signed file's size and SHA-256. Trust (``--trust`` or
+    ``BUNDLE_TRUST``) is read by the verifier itself, so the loader and verify.py can never read
+    it differently. Any failure stops the loader with the verifier's exit code.
+    """
     tool = Path(verifier) if verifier else Path(__file__).resolve().parent / "verify.py"
     if not tool.is_file():
-        raise LoaderError("%s: verifier not found; pass --verifier PATH to the standalone verify.py" % tool, EXIT_INPUT)
+        raise LoaderError("%s: verifier not found; pass --verifier PATH to the standalone verify.py" % printable(tool), EXIT_INPUT)
     cmd = [sys.executable, "-I", str(tool), str(root), "--json"]
     for t in trust:
         cmd += ["--trust", t]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     try:
         report = json.loads(p.stdout)
+        if not isinstance(report, dict):
+            raise ValueError("not an object")
     except ValueError:
-        raise LoaderError("verifier %s gave no report (exit %d): %s" % (tool, p.returncode, p.stderr.strip()[:300]), EXIT_RUNTIME)
-    if p.returncode != 0 or not report.get("ok"):
-        err = report.get("error") or {}
-        raise LoaderError("bundle failed verification [%s]: %s" % (err.get("class"), err.get("message")), p.returncode or EXIT_RUNTIME)
-    return report
+        raise LoaderError("verifier %s gave no report (exit %d): %s" % (
+            printable(tool), p.returncode, " ".join(p.stderr.split())[:300]), EXIT_RUNTIME)
+    if p.returncode != 0 or report.get("ok") is not True:
+        err = report.get("error") if isinstance(report.get("error"), dict) else {}
+        code = p.returncode or EXIT_RUNTIME
+        if code in VERIFICATION_CLASSES:
+            raise LoaderError("bundle failed verification [%s]: %s" % (err.get("class"), err.get("message")), code)
+        raise LoaderError("verifier: %s" % err.get("message"), code)
+    proven = {}  # type: Dict[str, Tuple[int, str]]
+    for f in report.get("files") or []:
+        if f.get("status") == "ok" and isinstance(f.get("expected_sha256"), str) and isinstance(f.get("size"), int):
+            proven[f["path"]] = (f["size"], f["expected_sha256"])
+    if "manifest.json" not in proven:
+        raise LoaderError("verifier %s reported success but proved no manifest.json" % printable(tool), EXIT_RUNTIME)
+    return proven
 
 
-def load_manifest(root: Path) -> Dict[str, Any]:
-    with open(root / "manifest.json", "rb") as f:
-        return json.loads(f.read().decode("utf-8"))
+class BundleFiles:
+    """Read each file of an extracted bundle once, and only as the verification proved it.
+
+    With ``proven`` (path -> size, SHA-256 from the verifier), a path must be one of the verified
+    files; it is opened without following symlinks, read into memory in one pass, hashed, and
+    compared with the proven digest before a single byte is used. So a file swapped after the
+    verifier finished (a different manifest, a planted engine) is caught, never used. Without
+    ``proven`` (``--no-verify``) files are read the same way, unchecked.
+    """
+
+    def __init__(self, root: Path, proven: Optional[Dict[str, Tuple[int, str]]]) -> None:
+        self.root = root
+        self.proven = proven
+        self.read_count = {}  # type: Dict[str, int]
+
+    @staticmethod
+    def check_path(rel: Any) -> List[str]:
+        if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+            raise LoaderError("%s: not a path inside the bundle" % printable(rel), EXIT_INPUT)
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise LoaderError("%s: not a path inside the bundle" % printable(rel), EXIT_INPUT)
+        return parts
+
+    def _open(self, parts: List[str]) -> int:
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        if os.open not in os.supports_dir_fd or not hasattr(os, "O_DIRECTORY"):
+            return os.open(os.path.join(str(self.root), *parts), os.O_RDONLY | nofollow | getattr(os, "O_BINARY", 0))
+        fd = os.open(str(self.root), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for p in parts[:-1]:
+                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+            return os.open(parts[-1], os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0), dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def read(self, rel: Any) -> bytes:
+        parts = self.check_path(rel)
+        want = None  # type: Optional[Tuple[int, str]]
+        if self.proven is not None:
+            want = self.proven.get(rel)
+            if want is None:
+                raise LoaderError("%s: not a verified file of this bundle" % printable(rel), EXIT_INPUT)
+        where = printable(rel)
+        try:
+            fd = self._open(parts)
+        except OSError as e:
+            code = 12 if want is not None else EXIT_INPUT
+            raise LoaderError("%s: cannot open (%s)%s" % (where, e.strerror or e, "; it changed after verification" if want else ""), code)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LoaderError("%s: not a regular file%s" % (where, "; it changed after verification" if want else ""), 12 if want else EXIT_INPUT)
+            size = want[0] if want is not None else st.st_size
+            buf = bytearray(size)
+            view = memoryview(buf)
+            got = 0
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                extra = f.read(1)
+        finally:
+            os.close(fd)
+        self.read_count[rel] = self.read_count.get(rel, 0) + 1
+        if want is not None:
+            if got != size or extra or hashlib.sha256(buf).hexdigest() != want[1]:
+                raise LoaderError("%s: changed after it was verified (its SHA-256 or size differs from the signed "
+                                  "digest); nothing was used; extract the bundle again" % where, 12)
+        elif got != size:
+            raise LoaderError("%s: changed while it was read" % where, EXIT_INPUT)
+        return bytes(buf)
+
+    def json(self, rel: str) -> Any:
+        try:
+            return json.loads(self.read(rel).decode("utf-8"), parse_constant=_no_constant)
+        except ValueError as e:  # bad UTF-8, bad JSON, NaN: unusable even if signed
+            raise LoaderError("%s: not usable JSON (%s)" % (printable(rel), printable(e)), EXIT_INPUT)
+
+    def npz(self, rel: str) -> Dict[str, Any]:
+        import numpy as np
+
+        try:
+            with np.load(io.BytesIO(self.read(rel)), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError) as e:
+            raise LoaderError("%s: not a usable .npz (%s)" % (printable(rel), printable(e)), EXIT_INPUT)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def stop_after_verify_for_tests() -> None:
+    """Test seam: with BUNDLE_LOADER_TEST_STOP=1 the loader stops itself (SIGSTOP) right after the
+    verifier has finished and before it reads anything, so a test can swap files in that window
+    and resume it (SIGCONT). It weakens nothing: the stop only widens a window that always exists."""
+    if os.environ.get("BUNDLE_LOADER_TEST_STOP") == "1" and hasattr(signal, "SIGSTOP"):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def runtime_versions() -> Dict[str, str]:
@@ -382,12 +527,13 @@ def choose(manifest: Dict[str, Any], gpus: List[Dict[str, Any]], runtimes: Dict[
 class OrtRunner:
     """The cpu target: the ONNX model run by onnxruntime's CPU provider."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, model: bytes) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        # From the verified bytes, never from the path: the file may have changed since.
+        self.sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def infer(self, feeds: Dict[str, Any]) -> Dict[str, Any]:
@@ -405,7 +551,7 @@ class OrtRunner:
 class TrtRunner:
     """A TensorRT engine on one GPU: pinned host buffers, one stream, a CUDA graph where allowed."""
 
-    def __init__(self, path: Path, product: str, cuda: Cuda, gpu: int) -> None:
+    def __init__(self, plan: bytes, where: str, product: str, cuda: Cuda, gpu: int) -> None:
         import importlib
 
         module = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}.get(product, "tensorrt")
@@ -417,10 +563,9 @@ class TrtRunner:
         cuda.use_device(gpu)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        with open(path, "rb") as f:
-            self.engine = self.runtime.deserialize_cuda_engine(f.read())
+        self.engine = self.runtime.deserialize_cuda_engine(plan)  # the verified bytes, read once
         if self.engine is None:
-            raise LoaderError("%s: the TensorRT runtime refused to deserialize the engine (see its log above)" % path, EXIT_RUNTIME)
+            raise LoaderError("%s: the TensorRT runtime refused to deserialize the engine (see its log above)" % printable(where), EXIT_RUNTIME)
         self.context = self.engine.create_execution_context()
         self.stream = cuda.stream()
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -536,14 +681,13 @@ class TrtRunner:
         self.buffers = {}
 
 
-def open_runner(root: Path, item: Dict[str, Any], record: Dict[str, Any], cuda: Optional[Cuda]) -> Any:
-    path = root / record["path"]
+def open_runner(files: BundleFiles, item: Dict[str, Any], record: Dict[str, Any], cuda: Optional[Cuda]) -> Any:
     if record["backend"]["name"] == "onnxruntime":
-        return OrtRunner(path)
+        return OrtRunner(files.read(record["path"]))
     if cuda is None:
         raise LoaderError("no CUDA driver on this host", EXIT_NO_ENGINE)
     product = (record.get("header") or {}).get("product") or record["backend"]["name"]
-    return TrtRunner(path, product, cuda, item["gpu"] or 0)
+    return TrtRunner(files.read(record["path"]), record["path"], product, cuda, item["gpu"] or 0)
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -577,13 +721,6 @@ def check_feeds(record: Dict[str, Any], model: Dict[str, Any], feeds: Dict[str, 
         name, "x".join(map(str, a.shape)), "s" if len(profiles) > 1 else "", ranges), EXIT_INPUT)
 
 
-def load_npz(path: Path) -> Dict[str, Any]:
-    import numpy as np
-
-    with np.load(str(path), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def save_npz_atomic(path: Path, arrays: Dict[str, Any]) -> None:
     import numpy as np
 
@@ -607,25 +744,63 @@ def _host(cuda: Optional[Cuda]) -> Dict[str, Any]:
     return {"driver": cuda.driver_version(), "gpus": cuda.devices()}
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: a non-finite figure (a NaN output, say) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _print(args: argparse.Namespace, doc: Dict[str, Any], lines: List[str], code: int = 0) -> None:
-    """With --json: one document with ok, exit_code and error on top, as every bundle command."""
+    """With --json: one document with ok, exit_code, error and verified on top, as every bundle
+    command. Human lines go through `printable`, since they quote the manifest."""
     if args.json:
-        doc = dict(doc, ok=code == 0, exit_code=code, error=doc.get("error"))
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        doc = dict(doc, ok=code == 0, exit_code=code, error=doc.get("error"), verified=args.verified)
+        print(json.dumps(_finite(doc), indent=2, sort_keys=True, allow_nan=False))
     else:
-        print("\n".join(lines))
+        print("\n".join(printable(line) for line in lines))
 
 
-def cmd_info(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+def _inside(path: Path, root: Path) -> bool:
+    """Would ``path`` land inside the bundle directory (after symlinks in its parents)?"""
+    try:
+        where = Path(os.path.realpath(str(path)))
+        top = Path(os.path.realpath(str(root)))
+    except (OSError, ValueError):
+        return False
+    return where == top or top in where.parents
+
+
+def refuse_outputs_inside(args: argparse.Namespace, root: Path) -> None:
+    """Operator files inside the bundle directory break every later verification ("extra
+    file"), so the loader writes none there, and says so before it does any work."""
+    why = ("inside the bundle directory %s: an extra file there makes every later verification fail; "
+           "write it outside the bundle" % printable(root))
+    out = getattr(args, "output", None)
+    if out and _inside(Path(out), root):
+        raise LoaderError("--output %s is %s" % (printable(out), why), EXIT_USAGE)
+    try:  # `loader.py bench --json > DIR/bench.json`: the shell made the file before we ran
+        target = os.readlink("/proc/self/fd/1")
+    except OSError:
+        return
+    if target.startswith("/") and _inside(Path(target), root) and os.path.isfile(target):
+        raise LoaderError("standard output is redirected to %s, %s" % (printable(target), why), EXIT_USAGE)
+
+
+def cmd_info(args: argparse.Namespace, files: BundleFiles, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
     host = _host(cuda)
     runtimes = runtime_versions()
     items = assess(manifest, host["gpus"], runtimes)
-    doc = {"bundle": str(root), "name": manifest["name"], "version": manifest["version"], "host": host,
+    doc = {"bundle": str(files.root), "name": manifest["name"], "version": manifest["version"], "host": host,
            "runtimes": runtimes, "engines": items, "chosen": next((i["path"] for i in items if i["fits"]), None)}
     if args.cuda_check and cuda is not None and host["gpus"]:
         cuda.use_device(0)
         doc["cuda_check"] = cuda.roundtrip_check()
-    lines = ["bundle:   %s %s (%s)" % (manifest["name"], manifest["version"], root),
+    lines = ["bundle:   %s %s (%s)" % (manifest["name"], manifest["version"], files.root),
              "driver:   %s" % (host["driver"] or "none (no NVIDIA driver found)")]
     for g in host["gpus"]:
         lines.append("gpu %d:    %s, compute capability %s, %.1f GiB" % (g["index"], g["name"], g["cc"], g["memory_bytes"] / 2 ** 30))
@@ -669,17 +844,17 @@ def _compare(outputs: Dict[str, Any], ref: Dict[str, Any], atol: float, rtol: fl
     return res
 
 
-def cmd_selftest(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+def cmd_selftest(args: argparse.Namespace, files: BundleFiles, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
     golden = manifest.get("golden")
     if not golden:
         raise LoaderError("this bundle has no golden data (it was created with --no-golden)", EXIT_INPUT)
     host = _host(cuda)
     item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
-    inputs = load_npz(root / golden["inputs"])
-    ref = load_npz(root / golden["outputs"])
+    inputs = files.npz(golden["inputs"])
+    ref = files.npz(golden["outputs"])
     precision = record["build"]["precision"]
     tol = golden["tolerances"].get(precision) or golden["tolerances"]["fp32"]
-    runner = open_runner(root, item, record, cuda)
+    runner = open_runner(files, item, record, cuda)
     try:
         t0 = time.perf_counter()
         outputs = runner.infer(inputs)
@@ -699,24 +874,24 @@ def cmd_selftest(args: argparse.Namespace, root: Path, manifest: Dict[str, Any],
     return code
 
 
-def cmd_run(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+def cmd_run(args: argparse.Namespace, files: BundleFiles, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
     import numpy as np
 
     feeds = {}
     for spec in args.input:
         name, sep, file = spec.partition("=")
         if not sep or not name or not file:
-            raise LoaderError("--input %s: use NAME=FILE.npy" % spec, EXIT_USAGE)
+            raise LoaderError("--input %s: use NAME=FILE.npy" % printable(spec), EXIT_USAGE)
         try:
             feeds[name] = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise LoaderError("--input %s: cannot read %s (%s)" % (spec, file, e), EXIT_INPUT)
+            raise LoaderError("--input %s: cannot read %s (%s)" % (printable(spec), printable(file), printable(e)), EXIT_INPUT)
     if Path(args.output).exists():
-        raise LoaderError("%s: already exists; not overwritten" % args.output, EXIT_INPUT)
+        raise LoaderError("%s: already exists; not overwritten" % printable(args.output), EXIT_INPUT)
     host = _host(cuda)
     item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
     profile = check_feeds(record, manifest["model"], feeds)
-    runner = open_runner(root, item, record, cuda)
+    runner = open_runner(files, item, record, cuda)
     try:
         if isinstance(runner, TrtRunner):
             runner.use_profile(profile)
@@ -731,7 +906,7 @@ def cmd_run(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
+def cmd_bench(args: argparse.Namespace, files: BundleFiles, manifest: Dict[str, Any], cuda: Optional[Cuda]) -> int:
     import numpy as np
 
     golden = manifest.get("golden")
@@ -739,8 +914,8 @@ def cmd_bench(args: argparse.Namespace, root: Path, manifest: Dict[str, Any], cu
         raise LoaderError("bench uses the bundle's golden inputs; this bundle has none", EXIT_INPUT)
     host = _host(cuda)
     item, record = choose(manifest, host["gpus"], runtime_versions(), args.engine, args.precision)
-    feeds = load_npz(root / golden["inputs"])
-    runner = open_runner(root, item, record, cuda)
+    feeds = files.npz(golden["inputs"])
+    runner = open_runner(files, item, record, cuda)
     graph = False
     try:
         if isinstance(runner, TrtRunner) and not args.no_graph:
@@ -799,6 +974,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (a CI cancel, `timeout`): unwinds like Ctrl-C so temporary files are removed."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 COMMANDS = {"info": cmd_info, "selftest": cmd_selftest, "run": cmd_run, "bench": cmd_bench}
 
 
@@ -808,17 +991,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    args.verified = False
+    previous_term = signal.signal(signal.SIGTERM, _terminated)  # cleanup (finally blocks) on SIGTERM too
     try:
         root = find_bundle(args.bundle)
-        verify_bundle(root, args.trust, args.verifier, args.no_verify)
-        manifest = load_manifest(root)
+        refuse_outputs_inside(args, root)
+        if args.no_verify:
+            sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle: no signature or digest is checked\n")
+            proven = None
+        else:
+            proven = verify_bundle(root, args.trust, args.verifier)
+            args.verified = True
+            stop_after_verify_for_tests()
+        files = BundleFiles(root, proven)
+        manifest = files.json("manifest.json")
+        if not isinstance(manifest, dict):
+            raise LoaderError("manifest.json: not a JSON object", EXIT_INPUT)
         cuda = Cuda.load()
-        return COMMANDS[args.command](args, root, manifest, cuda)
+        return COMMANDS[args.command](args, files, manifest, cuda)
     except LoaderError as e:
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": e.code, "error": {"class": e.failure_class, "message": str(e)}}, indent=2))
-        sys.stderr.write("error: %s\n" % " ".join(str(e).split()))
+            print(json.dumps({"ok": False, "exit_code": e.code, "verified": args.verified,
+                              "error": {"class": e.failure_class, "message": str(e)}}, indent=2))
+        sys.stderr.write("error: %s\n" % printable(" ".join(str(e).split())))
         return e.code
+    except Terminated:
+        return 143
     except BrokenPipeError:  # `loader.py info --json | head`: the reader left, not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -827,10 +1025,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - one line, never a traceback, on a closed host
         if getattr(args, "json", False):
-            print(json.dumps({"ok": False, "exit_code": EXIT_RUNTIME,
+            print(json.dumps({"ok": False, "exit_code": EXIT_RUNTIME, "verified": args.verified,
                               "error": {"class": "runtime", "message": "%s: %s" % (type(e).__name__, e)}}, indent=2))
-        sys.stderr.write("error: %s: %s\n" % (type(e).__name__, " ".join(str(e).split())[:500]))
+        sys.stderr.write("error: %s: %s\n" % (type(e).__name__, printable(" ".join(str(e).split())[:500])))
         return EXIT_RUNTIME
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -110,13 +110,14 @@ def test_run_reports_input_mismatches(cpu_bundle, keys, tmp_path):
 def test_refuses_without_trust_and_on_tampering(cpu_bundle, keys, tmp_path):
     import shutil
 
-    p = loader(cpu_bundle, "selftest")
-    assert p.returncode == 2 and "no trusted key" in p.stderr
+    p = loader(cpu_bundle, "selftest")  # the verifier reads trust, and says what is missing as verify does
+    assert p.returncode == 3 and "no trusted key" in p.stderr and "BUNDLE_TRUST" in p.stderr
     p = loader(cpu_bundle, "selftest", "--trust", keys["other"]["pub"])
     assert p.returncode == 11 and "failed verification" in p.stderr
     p = loader(cpu_bundle, "selftest", "--trust", keys["other"]["pub"], "--json")
     doc = json.loads(p.stdout)
-    assert doc == {"ok": False, "exit_code": 11, "error": {"class": "signature", "message": doc["error"]["message"]}}
+    assert doc == {"ok": False, "exit_code": 11, "verified": False,
+                   "error": {"class": "signature", "message": doc["error"]["message"]}}
     bad = tmp_path / "bad"
     shutil.copytree(cpu_bundle, bad)
     ref = bad / "golden" / "outputs.npz"
