@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
-from .errors import BundleError, ExitCode, InputError, KeyFileError, OutputError
+from .errors import ArchiveError, BundleError, ExitCode, InputError, Interrupted, KeyFileError, OutputError, printable, shown_key_id
 from .signing import PASSPHRASE_ENV
 
 app = typer.Typer(
@@ -32,13 +33,49 @@ keys_app = typer.Typer(no_args_is_help=True, help="Make signing keys and show ke
 app.add_typer(keys_app, name="keys")
 
 
+# Output rule: every string that comes from a bundle, a model, a build record or the command line
+# goes through `printable()` (bundler/errors.py) and is rendered as plain `Text`. The consoles parse
+# no markup and no :emoji: codes at all, so even a str that slips through is shown as it is; our
+# own styling is assembled from Text pieces (`Text.assemble(("VERIFIED", "bold green"), ...)`).
+
+
 def _out() -> Console:
     # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)  # an error is one line, never wrapped
+    # an error is one line, never wrapped
+    return Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def _plain(value: object) -> Text:
+    """A value that may come from a bundle, as plain escaped text (a table cell is never markup)."""
+    return Text(printable(value))
+
+
+def _line(label: str, *values: object) -> Text:
+    """``label`` (ours) followed by values (anyone's), each escaped, separated by spaces."""
+    return Text(label + " ".join(printable(v) for v in values))
+
+
+def _say(console: Console, text: Text) -> None:
+    """One record, one line: never wrapped by rich, so no escaped value can begin a line of its own."""
+    console.print(text, soft_wrap=True)
+
+
+def _json(doc: Any) -> str:
+    """The one JSON document of --json: ASCII only (every control character and non-ASCII
+    character escaped) and never NaN/Infinity, which are not JSON. Reports hold no float that
+    unverified input chooses (inspect's strict parser refuses non-finite numbers), so this
+    does not raise for what a bundle holds."""
+    return json.dumps(doc, indent=2, ensure_ascii=True, allow_nan=False)
+
+
+def _error_line(cls: str, message: str) -> None:
+    """``error [class]: message`` on stderr, one line: the message may quote a bundle."""
+    msg = " ".join(str(message).split())
+    _err().print(Text.assemble(("error", "bold red"), " ", printable(f"[{cls}]: {msg}")))
 
 
 def _fail(e: BaseException, json_mode: bool) -> NoReturn:
@@ -48,8 +85,8 @@ def _fail(e: BaseException, json_mode: bool) -> NoReturn:
         code, cls, msg, member = int(ExitCode.INTERNAL), "internal", f"internal error: {type(e).__name__}: {e}", None
     msg = " ".join(str(msg).split())  # one line, whatever the cause said
     if json_mode:
-        print(json.dumps({"ok": False, "exit_code": code, "error": {"class": cls, "member": member, "message": msg}}, indent=2))
-    _err().print(f"[bold red]error[/] {escape(f'[{cls}]')}: {escape(msg)}")
+        print(_json({"ok": False, "exit_code": code, "error": {"class": cls, "member": member, "message": msg}}))
+    _error_line(cls, msg)
     raise typer.Exit(code)
 
 
@@ -58,11 +95,13 @@ def _run(json_mode: bool, fn: Callable[[], Any]) -> Any:
         return fn()
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through _on_signal: cleanup has run by now
+        code = e.exit_code if isinstance(e, Interrupted) else 130
+        what = "terminated" if code == 143 else "interrupted"
         if json_mode:
-            print(json.dumps({"ok": False, "exit_code": 130, "error": {"class": "interrupted", "member": None, "message": "interrupted"}}))
-        _err().print("interrupted")
-        raise typer.Exit(130)
+            print(json.dumps({"ok": False, "exit_code": code, "error": {"class": "interrupted", "member": None, "message": what}}))
+        _err().print(what, markup=False)
+        raise typer.Exit(code)
     except Exception as e:  # noqa: BLE001 - every failure ends in one line and an exit code
         _fail(e, json_mode)
 
@@ -165,8 +204,8 @@ def keys_generate(
     def go() -> None:
         passphrase = None if no_passphrase else _passphrase_for_new_key()
         k = generate_key(name, directory, passphrase)
-        _err().print(f"private key: {k.private_path} (mode 0600{'' if passphrase else ', NOT encrypted'})")
-        _err().print(f"public key:  {k.public_path}")
+        _say(_err(), _line("private key: ", k.private_path) + Text(f" (mode 0600{'' if passphrase else ', NOT encrypted'})"))
+        _say(_err(), _line("public key:  ", k.public_path))
         print(k.key_id)
 
     _run(False, go)
@@ -238,17 +277,22 @@ def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, alw
                          f"(only --key and --out go with --spec)"), False)
 
 
+def _header_text(h) -> str:  # noqa: ANN001 - EngineHeader
+    """An engine header for a table cell, before escaping (the caller escapes it)."""
+    return f"{h.product} {h.version}" + (f" cc {','.join(h.cc)}" if h.cc else "")
+
+
 def _engine_table(engines, title: str) -> Table:  # noqa: ANN001
-    t = Table(title=title)
+    """Engines of a build record or manifest: every cell is escaped plain text (a build
+    directory from another host, and any bundle, are input like any other)."""
+    t = Table(title=_plain(title))
     for col in ("target", "cc", "precision", "engine", "size", "backend", "header", "build s"):
         t.add_column(col)
     for e in engines:
-        if e.header is None:
-            hdr = "onnx (cpu target)"
-        else:
-            hdr = f"{e.header.product} {e.header.version}" + (f" cc {','.join(e.header.cc)}" if e.header.cc else "")
-        t.add_row(e.target.label, e.target.cc or "-", e.build.precision, e.path.split("/")[-1], f"{e.size:,}",
-                  f"{e.backend.name} {e.backend.version}", hdr, f"{e.duration_s:.2f}")
+        hdr = "onnx (cpu target)" if e.header is None else _header_text(e.header)
+        t.add_row(_plain(e.target.label), _plain(e.target.cc or "-"), _plain(e.build.precision),
+                  _plain(e.path.split("/")[-1]), _plain(f"{e.size:,}"), _plain(f"{e.backend.name} {e.backend.version}"),
+                  _plain(hdr), _plain(f"{e.duration_s:.2f}"))
     return t
 
 
@@ -272,9 +316,8 @@ class _BuildDisplay:
             t.add_column(col)
         styles = {"done": "green", "failed": "bold red", "cancelled": "yellow", "building": "cyan"}
         for ev in self._rows.values():
-            st = styles.get(ev.stage)
-            stage = f"[{st}]{ev.stage}[/]" if st else ev.stage
-            t.add_row(ev.target, ev.precision, ev.job, stage, f"{ev.elapsed_s:.1f}s")
+            t.add_row(_plain(ev.target), _plain(ev.precision), _plain(ev.job),
+                      Text(printable(ev.stage), style=styles.get(ev.stage, "")), _plain(f"{ev.elapsed_s:.1f}s"))
         return t
 
     def __call__(self, ev) -> None:  # noqa: ANN001 - bundler.build.BuildEvent
@@ -290,7 +333,7 @@ class _BuildDisplay:
         elif ev.stage in ("building", "done", "failed") and (prev is None or prev.stage != ev.stage):
             extra = f" after {ev.elapsed_s:.1f}s" if ev.stage != "building" else ""
             msg = f": {ev.message}" if ev.stage == "failed" and ev.message else ""
-            self._console.print(f"{ev.stage} {ev.target} ({ev.precision}){extra}{escape(msg)}", markup=False)
+            _say(self._console, _plain(f"{ev.stage} {ev.target} ({ev.precision}){extra}{msg}"))
         if self._live is not None and all(r.stage in self._END for r in self._rows.values()):
             self._live.stop()
             self._live = None
@@ -302,7 +345,7 @@ def build_cmd(
     model: Optional[Path] = typer.Argument(None, help="The source ONNX model (not with --spec)."),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name."),
     version: Optional[str] = typer.Option(None, "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
+    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, ...), local or cpu (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Build directory to create (must not exist); with --spec, the directory for one NAME-VERSION build directory per model. Required."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Builder workspace limit, e.g. 2G."),
@@ -338,9 +381,9 @@ def build_cmd(
 
 def _print_seal(res) -> None:  # noqa: ANN001
     c = _out()
-    c.print(f"bundle:  {res.path}")
-    c.print(f"sha256:  {res.sha256}")
-    c.print(f"key id:  {res.key_id}")
+    _say(c, _line("bundle:  ", res.path))
+    _say(c, _line("sha256:  ", res.sha256))
+    _say(c, _line("key id:  ", res.key_id))
     c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
 
 
@@ -368,7 +411,7 @@ def create_cmd(
     model: Optional[Path] = typer.Argument(None, help="The source ONNX model (not with --spec)."),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name."),
     version: Optional[str] = typer.Option(None, "--version", help="Semantic version, e.g. 1.2.0."),
-    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, …), local or cpu (repeatable)."),
+    target: List[str] = typer.Option([], "--target", help="sm_86, 8.6, a GPU name (rtx4090, l4, ...), local or cpu (repeatable)."),
     key: Optional[Path] = typer.Option(None, "--key", help="Private signing key (PEM). Required."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
     shape: List[str] = typer.Option([], "--shape", help=_SHAPE_HELP),
@@ -414,10 +457,12 @@ def _trust(paths: List[Path]):  # noqa: ANN202
     return load_trust(paths)
 
 
-def _print_report(rep) -> None:  # noqa: ANN001
+def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
+    """The human verify report. A failed report holds strings read before (or without) any
+    signature check: key hints, member names. All of it is escaped; only our VERIFIED is styled."""
     c = _out()
     if rep.ok:
-        c.print(f"[bold green]VERIFIED[/] {rep.name} {rep.version}  ({rep.bundle})")
+        _say(c, Text.assemble(("VERIFIED", "bold green"), " ", printable(f"{rep.name} {rep.version}  ({rep.bundle})")))
     for s in rep.signers:
         if s.valid:
             state = "trusted, valid"
@@ -425,11 +470,11 @@ def _print_report(rep) -> None:  # noqa: ANN001
             state = "INVALID under the trusted keys"
         else:
             state = "untrusted key, not checked"
-        c.print(f"signer:  {s.key_id or '(no key hint)'}  {escape(f'[{state}]')}")
+        _say(c, Text(f"signer:  {shown_key_id(s.key_id)}  [{state}]"))
     if rep.sha256:
-        c.print(f"sha256:  {rep.sha256}")
+        _say(c, _line("sha256:  ", rep.sha256))
     ok_files = sum(1 for f in rep.files if f.status == "ok")
-    c.print(f"files:   {ok_files}/{len(rep.files)} match the signed digests")
+    _say(c, Text(f"files:   {ok_files}/{len(rep.files)} match the signed digests"))
     if rep.engines:
         t = Table(title="engines")
         for col in ("engine", "target", "cc", "header", "runs here"):
@@ -437,11 +482,18 @@ def _print_report(rep) -> None:  # noqa: ANN001
         for e in rep.engines:
             hdr = ("onnx (cpu)" if e.backend == "onnxruntime" else "-") if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
             runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")
-            t.add_row(e.path.split("/")[-1], e.target, e.cc or "-", hdr, runs)
+            t.add_row(_plain(e.path.split("/")[-1]), _plain(e.target), _plain(e.cc or "-"), _plain(hdr), _plain(runs))
         c.print(t)
     if rep.host is not None and not rep.host.runnable:
         why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
-        c.print(f"host:    {why}; the bundle is authentic, but none of its engines can run here")
+        _say(c, Text(f"host:    {why}; the bundle is authentic, but none of its engines can run here"))
+
+
+def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
+    """The one error line of a failed verification, and its exit code (verify, extract, inspect)."""
+    assert rep.error is not None
+    _error_line(rep.error.failure_class, rep.error.message)
+    raise typer.Exit(rep.exit_code)
 
 
 def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path]) -> None:
@@ -452,16 +504,13 @@ def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host:
         with _Bar("verifying" if dest is None else "extracting") as bar:
             rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update)
         if json_mode:
-            print(json.dumps(rep.to_dict(), indent=2))
+            print(_json(rep.to_dict()))
         else:
             _print_report(rep)
             if rep.ok and dest is not None:
-                _out().print(f"extracted to {dest}")
+                _say(_out(), _line("extracted to ", dest))
         if not rep.ok:
-            assert rep.error is not None
-            msg = " ".join(rep.error.message.split())
-            _err().print(f"[bold red]error[/] {escape(f'[{rep.error.failure_class}]')}: {escape(msg)}")
-            raise typer.Exit(rep.exit_code)
+            _verify_failed(rep)
 
     _run(json_mode, go)
 
@@ -496,65 +545,78 @@ def inspect_cmd(
 ) -> None:
     """Show metadata, signers, files, targets and engine headers without extracting."""
     from .inspect import inspect_bundle
-    from .verify import verify_bundle
+    from .verify import MAX_MANIFEST_SIZE, verify_bundle
 
     def go() -> None:
-        rep = inspect_bundle(bundle)
+        # With --trust, verify first and on its own terms: the same verdict, error line and exit
+        # code as `bundle verify`, and nothing of a bundle that fails it is parsed for display.
         vrep = verify_bundle(bundle, _trust(trust)) if trust else None
+        v = vrep.to_dict() if vrep is not None else None
+        if vrep is not None and not vrep.ok:
+            if json_mode:
+                print(_json({"ok": False, "exit_code": vrep.exit_code, "error": v["error"], "bundle": str(bundle),
+                             "verified": False, "verification": v}))
+            else:
+                _print_report(vrep)
+            _verify_failed(vrep)
         if vrep is not None:
-            rep.verified = vrep.ok
-            rep.notes[0] = "VERIFIED against the trusted keys given" if vrep.ok else f"VERIFICATION FAILED: {vrep.error.message if vrep.error else ''}"
+            # Verified: the signed manifest may be as large as verify allows; the digest check
+            # below makes sure this second read saw the very bytes that were verified.
+            rep = inspect_bundle(bundle, max_manifest=MAX_MANIFEST_SIZE)
+            if rep.sha256 != vrep.sha256:
+                raise ArchiveError(f"{bundle}: the file changed between verification and inspection")
+            rep.verified = True
+            rep.notes[0] = "VERIFIED against the trusted keys given"
+        else:
+            rep = inspect_bundle(bundle)
         if json_mode:
-            d = rep.to_dict()
-            v = vrep.to_dict() if vrep is not None else None
             # The --json contract: ok, exit_code and error at the top, as for every command.
-            d["ok"] = v["ok"] if v else True
-            d["exit_code"] = v["exit_code"] if v else 0
-            d["error"] = v["error"] if v else None
-            d["verification"] = v
-            print(json.dumps(d, indent=2))
+            print(_json({"ok": True, "exit_code": 0, "error": None, **rep.to_dict(), "verification": v}))
         else:
             _print_inspect(rep)
-        if vrep is not None and not vrep.ok:
-            raise typer.Exit(vrep.exit_code)
 
     _run(json_mode, go)
 
 
-def _print_inspect(rep) -> None:  # noqa: ANN001
+def _print_inspect(rep) -> None:  # noqa: ANN001 - bundler.inspect.InspectReport
+    """The human inspect report, built from the schema-checked manifest only (never raw JSON);
+    every value from the bundle is escaped, and key hints are shown only if they are key ids."""
     c = _out()
-    style = "bold green" if rep.verified else "bold yellow"
-    c.print(f"[{style}]{rep.notes[0]}[/]")
-    m = rep.manifest or {}
-    c.print(f"bundle:   {rep.bundle}")
-    c.print(f"name:     {m.get('name', '?')} {m.get('version', '?')}  (directory {rep.root}, signed subject {rep.signed_subject})")
-    c.print(f"created:  {m.get('created', '?')}")
-    model = m.get("model") or {}
-    c.print(f"model:    {model.get('path', '?')} sha256 {model.get('sha256', '?')}")
-    for io in ("inputs", "outputs"):
-        for t in model.get(io, []):
-            dims = "x".join("?" if d is None else str(d) for d in t["shape"])
-            c.print(f"  {io[:-1]:6} {t['name']}: {t['dtype']} [{dims}]", markup=False)
+    _say(c, Text(printable(rep.notes[0]), style="bold green" if rep.verified else "bold yellow"))
+    _say(c, _line("bundle:   ", rep.bundle))
+    m = rep.manifest
+    where = f"(directory {printable(rep.root)}, signed subject {printable(rep.signed_subject)})"
+    if m is None:
+        _say(c, Text(f"name:     ? (no usable manifest; see the notes)  {where}"))
+    else:
+        _say(c, _line("name:     ", m.name, m.version) + Text(f"  {where}"))
+        _say(c, _line("created:  ", m.created))
+        _say(c, _line("model:    ", m.model.path, "sha256", m.model.sha256))
+        for io, tensors in (("input", m.model.inputs), ("output", m.model.outputs)):
+            for ts in tensors:
+                dims = "x".join("?" if d is None else str(d) for d in ts.shape)
+                _say(c, _line(f"  {io:6} ", f"{ts.name}: {ts.dtype} [{dims}]"))
     for kid in rep.signer_key_ids:
-        c.print(f"signer:   {kid or '(no key hint)'}")
-    t = Table(title="engines")
-    for col in ("engine", "target", "cc", "backend", "header (read from the engine)"):
-        t.add_column(col)
-    for e in m.get("engines", []):
-        h = rep.engine_headers.get(e["path"])
-        hdr = "onnx (cpu target)" if e.get("header") is None and h is None else "unreadable" if h is None else f"{h.product} {h.version}" + (f" cc {','.join(h.cc)}" if h.cc else "")
-        t.add_row(e["path"].split("/")[-1], e["target"]["label"], e["target"].get("cc") or "-",
-                  f"{e['backend']['name']} {e['backend']['version']}", hdr)
-    c.print(t)
+        _say(c, Text(f"signer:   {shown_key_id(kid)}"))
+    if m is not None:
+        t = Table(title="engines")
+        for col in ("engine", "target", "cc", "backend", "header (read from the engine)"):
+            t.add_column(col)
+        for e in m.engines:
+            h = rep.engine_headers.get(e.path)
+            hdr = "onnx (cpu target)" if e.header is None and h is None else "unreadable" if h is None else _header_text(h)
+            t.add_row(_plain(e.path.split("/")[-1]), _plain(e.target.label), _plain(e.target.cc or "-"),
+                      _plain(f"{e.backend.name} {e.backend.version}"), _plain(hdr))
+        c.print(t)
     ft = Table(title="files")
     ft.add_column("path")
     ft.add_column("size", justify="right")
     ft.add_column("mode")
     for mem in rep.members:
-        ft.add_row(mem.path + ("/" if mem.is_dir else ""), f"{mem.size:,}", mem.mode)
+        ft.add_row(_plain(mem.path + ("/" if mem.is_dir else "")), _plain(f"{mem.size:,}"), _plain(mem.mode))
     c.print(ft)
     for n in rep.notes[1:]:
-        c.print(f"note: {n}")
+        _say(c, _line("note: ", n))
 
 
 @app.command("inspect-engine")
@@ -568,12 +630,12 @@ def inspect_engine_cmd(
     def go() -> None:
         rep = inspect_engine_file(file)
         if json_mode:
-            print(json.dumps({"ok": True, "exit_code": 0, "error": None, **rep.to_dict()}, indent=2))
+            print(_json({"ok": True, "exit_code": 0, "error": None, **rep.to_dict()}))
             return
         c = _out()
         for n in rep.notes:
-            c.print(f"[bold yellow]{escape(n)}[/]")
-        t = Table(title=f"engine headers: {rep.path}")
+            _say(c, Text(printable(n), style="bold yellow"))
+        t = Table(title=_line("engine headers: ", rep.path))
         for col in ("engine", "size", "runtime", "version", "cc", "GPUs"):
             t.add_column(col)
         for e in rep.engines:
@@ -582,7 +644,7 @@ def inspect_engine_cmd(
             if h.cc_mask is not None and h.cc is not None and h.cc_mask & ~0x3F:
                 cc += f" (unknown bits, mask {h.cc_mask:#x})"
             gpus = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in e.gpus.items()) or "-"
-            t.add_row(escape(e.name), f"{e.size:,}", h.product, h.version, cc, gpus)
+            t.add_row(_plain(e.name), _plain(f"{e.size:,}"), _plain(h.product), _plain(h.version), _plain(cc), _plain(gpus))
         c.print(t)
 
     _run(json_mode, go)
@@ -609,11 +671,11 @@ def fix_dims_cmd(
         except OSError as e:
             raise OutputError(f"{out}: cannot write ({e.strerror})") from None
         if not renames:
-            _err().print(f"{model}: no dim name is shared by unrelated axes; nothing written")
+            _say(_err(), _plain(f"{model}: no dim name is shared by unrelated axes; nothing written"))
             return
-        for where, new in renames.items():
-            _out().print(f"{where} -> {new!r}")
-        _out().print(f"wrote {out}")
+        for where, new in renames.items():  # dim and input names come from the model file
+            _say(_out(), _plain(f"{where} -> {new!r}"))
+        _say(_out(), _line("wrote ", out))
 
     _run(False, go)
 
@@ -634,7 +696,7 @@ def verifier_cmd(
         digest = hashlib.sha256(verifier_bytes()).hexdigest()
         if out is not None:
             write_verifier(out)
-            _err().print(f"wrote {out}; check on the closed host: sha256sum {out.name} must print {digest}")
+            _say(_err(), _plain(f"wrote {out}; check on the closed host: sha256sum {out.name} must print {digest}"))
         print(digest)  # with or without --out: what to compare the copy against
 
     _run(False, go)
@@ -672,7 +734,19 @@ def _main(
     pass
 
 
+def _on_signal(signum: int, frame: object) -> None:
+    """First SIGINT or SIGTERM: ignore any further one (a second Ctrl-C must never interrupt the
+    cleanup half-way, nor hang it), then unwind from wherever the program is."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    # The CLI owns the process, so it (not the library) decides what a signal does: SIGTERM
+    # (`timeout`, a CI cancel) unwinds like Ctrl-C, removing staging and temporary directories.
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     app()
 
 

@@ -3,22 +3,52 @@
 `inspect` is for the question "what is on this stick?" before any key is at hand. It uses the
 same strict reader as verify (a hostile archive is refused the same way) but checks no signature:
 everything it shows is a claim, and its report says so (``verified: false``).
+
+Because nothing here is authenticated, reading is cheap and total whatever the bundle holds:
+
+- ``manifest.json`` is read into memory only up to `INSPECT_MAX_MANIFEST` (1 MiB; real manifests
+  are 5 to 12 KiB for one to six engines, so tens of KiB for a large build matrix). A larger one is
+  skipped by the reader (streamed, never buffered) and noted. The caller may pass a larger bound
+  once a signature has been checked (``bundle inspect --trust`` passes verify's 16 MiB).
+- It is parsed strictly (`strict_json`): no duplicate keys, no NaN/Infinity, no number token of
+  more than `MAX_NUMBER_DIGITS` digits, no non-finite float, nesting at most `MAX_JSON_DEPTH`.
+- It is then typed against the manifest schema (`manifest.from_dict(Manifest, ...)`). The report
+  carries only that typed `Manifest`, never the raw parsed data: a manifest that does not fit is
+  a note, and no manifest field is shown.
+- At most `MAX_SIGNATURES` signature files of at most `MAX_SIGNATURE_SIZE` (verify's bounds) are
+  parsed; others are noted, not parsed.
+
+Every problem with the bundle's *content* becomes a note (exit 0); only the strict tar reader's
+refusals (archive, members, unsafe, limits) and an unreadable file end in an error. Nothing here
+prints: the CLI renders the report, escaping every string it took from the bundle.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .archive import Limits, StrictTarReader
 from .engine_header import HEADER_SIZE, HeaderError, parse_header
-from .errors import InputError, VerificationError
-from .manifest import EngineHeader, to_dict
+from .errors import ArchiveError, InputError, VerificationError
+from .manifest import FORMAT_VERSION, EngineHeader, Manifest, from_dict, to_dict
 from .seal import MANIFEST
 from .signing import SIGNATURES_DIR, parse_signature_file, parse_statement
-from .verify import MAX_MANIFEST_SIZE, MAX_SIGNATURE_SIZE
+from .verify import MAX_SIGNATURE_SIZE, MAX_SIGNATURES
+
+# For the docs (docs/exit-codes.md, `inspect`): without --trust, inspect parses a manifest.json of
+# at most 1 MiB (INSPECT_MAX_MANIFEST) and at most 16 signature files of at most 1 MiB each; larger
+# ones are noted and not shown. JSON nesting is limited to 64 levels and numbers to 40 digits.
+INSPECT_MAX_MANIFEST = 1 << 20
+MAX_JSON_DEPTH = 64
+MAX_NUMBER_DIGITS = 40
+MAX_QUOTE = 200  # characters of a hostile value or parser message quoted in a note
+
+UNVERIFIED_NOTE = "NOT VERIFIED: nothing here was checked against a trusted key; pass --trust KEY.pub to verify"
 
 
 @dataclass
@@ -34,62 +64,222 @@ class InspectReport:
     bundle: str
     verified: bool = False
     root: Optional[str] = None
-    signer_key_ids: List[Optional[str]] = field(default_factory=list)
+    signer_key_ids: List[Optional[str]] = field(default_factory=list)  # raw hints, as claimed
     signed_subject: Optional[str] = None
-    manifest: Optional[Dict[str, Any]] = None
+    manifest: Optional[Manifest] = None  # only ever a schema-checked Manifest, never raw JSON
     members: List[InspectMember] = field(default_factory=list)
     engine_headers: Dict[str, Optional[EngineHeader]] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
+    sha256: Optional[str] = None  # of the whole file as this pass read it
 
     def to_dict(self) -> dict:
         return to_dict(self)
 
 
-def inspect_bundle(path: Path, limits: Limits = Limits()) -> InspectReport:
+# -- strict JSON ------------------------------------------------------------------------------------
+
+class StrictJSONError(ValueError):
+    """JSON that Python's parser would take but that no bundle writer produces."""
+
+
+def _clip(text: str, n: int = MAX_QUOTE) -> str:
+    """Quote at most ``n`` characters of something hostile: a 1 MiB key must not become a 1 MiB note."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# Strings are removed before brackets are counted: a '[' inside a string is not nesting. First the
+# escaped backslashes go, then the escaped quotes (bytes.replace, left to right, as JSON pairs a run
+# of backslashes); what is left between two quotes is a string. The scan runs in chunks, so the
+# pieces it splits off stay few whatever the input: one regex substitution over 1 MiB of `"",`
+# kept 56 MiB of pieces, and the textbook string regex (a repeated group) 45 MiB of backtracking
+# state for 1 MiB of escapes.
+_SCAN_CHUNK = 64 << 10
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _max_depth(raw: bytes, stop: int = MAX_JSON_DEPTH) -> int:
+    """The deepest nesting of ``raw`` (or the first depth over ``stop``), counted in C-speed
+    passes before json allocates anything: json's own limit is its recursion limit (~1000
+    levels), and RecursionError is not a message."""
+    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    depth = peak = 0
+    inside = False  # in a string at the start of the chunk
+    for at in range(0, len(unescaped), _SCAN_CHUNK):
+        pieces = unescaped[at : at + _SCAN_CHUNK].split(b'"')
+        outside = b"".join(pieces[1::2] if inside else pieces[0::2]).translate(None, _NOT_BRACKETS)
+        if len(pieces) % 2 == 0:  # an odd number of quotes in this chunk
+            inside = not inside
+        if outside:
+            levels = list(itertools.accumulate(map(_DEPTH_STEP.__getitem__, outside), initial=depth))
+            peak, depth = max(peak, max(levels)), levels[-1]
+            if peak > stop:
+                break
+    return peak
+
+
+def _object(pairs: List[tuple]) -> Dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise StrictJSONError(f"duplicate key {_clip(k, 40)!r}")
+            seen.add(k)
+    return d
+
+
+def _int(token: str) -> int:
+    if len(token.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise StrictJSONError(f"integer of {len(token.lstrip('-'))} digits (at most {MAX_NUMBER_DIGITS})")
+    return int(token)
+
+
+def _float(token: str) -> float:
+    if len(token) > MAX_NUMBER_DIGITS + 10:  # digits, sign, point and exponent
+        raise StrictJSONError(f"number of {len(token)} characters")
+    value = float(token)
+    if not math.isfinite(value):
+        raise StrictJSONError(f"number {_clip(token, 40)} is out of range")
+    return value
+
+
+def _constant(token: str) -> Any:
+    raise StrictJSONError(f"{token} is not JSON")
+
+
+def strict_json(raw: bytes) -> Any:
+    """Parse JSON the way a bundle writer wrote it, or raise `StrictJSONError` (a ValueError).
+
+    Python's json accepts NaN and Infinity, keeps the last of duplicate keys, turns 1e999 into
+    inf, and raises RecursionError or a digit-limit ValueError on hostile input. Each of those is
+    refused here with a one-line reason, so the parsed value can be typed and printed as JSON
+    (``allow_nan=False``) without a surprise.
+    """
+    depth = _max_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise StrictJSONError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_object, parse_int=_int, parse_float=_float,
+                          parse_constant=_constant)
+    except StrictJSONError:
+        raise
+    except UnicodeDecodeError as e:
+        raise StrictJSONError(f"not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise StrictJSONError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # belt and braces: a limit we did not foresee
+        raise StrictJSONError(f"not usable JSON ({type(e).__name__})") from None
+
+
+def typed_manifest(raw: bytes, where: str) -> Tuple[Optional[Manifest], List[str]]:
+    """``(Manifest, notes)`` or ``(None, notes)``: a manifest the report may show, and why not."""
+    try:
+        data = strict_json(raw)
+    except StrictJSONError as e:
+        return None, [f"{where}: {_clip(str(e))}; no manifest fields are shown"]
+    try:
+        m = from_dict(Manifest, data, MANIFEST)
+    except (ValueError, TypeError, RecursionError) as e:  # SchemaError is a ValueError
+        return None, [f"{where}: does not match the manifest schema ({_clip(str(e))}); no manifest fields are shown"]
+    notes = []
+    if m.format != FORMAT_VERSION:
+        notes.append(f"{where}: format {_clip(m.format, 40)!r}; this tool knows {FORMAT_VERSION}")
+    return m, notes
+
+
+# -- the pass -----------------------------------------------------------------------------------------
+
+def inspect_bundle(path: Path, limits: Limits = Limits(), *, max_manifest: int = INSPECT_MAX_MANIFEST) -> InspectReport:
+    """Read a bundle's members, claims and engine headers in one bounded streaming pass.
+
+    ``max_manifest`` is how much of manifest.json is parsed; keep the default unless a signature
+    over this very file has been checked (compare ``sha256`` with the verify report's).
+    Raises `InputError` for an unreadable file and the strict reader's classes for a tar it
+    refuses; never anything else for what a bundle holds.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such bundle file")
     rep = InspectReport(bundle=str(path))
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
         reader = StrictTarReader(f, limits)
-        while True:
-            m = reader.next()
-            if m is None:
-                break
-            if rep.root is None:
-                rep.root = m.name.split("/", 1)[0]
-            rel = m.name[len(rep.root) + 1 :] if m.name.startswith(rep.root + "/") else m.name
-            rep.members.append(InspectMember(rel, m.size, f"{m.mode:04o}", m.is_dir))
-            if m.is_dir:
-                continue
-            if rel.startswith(SIGNATURES_DIR + "/") and m.size <= MAX_SIGNATURE_SIZE:
-                buf = bytearray()
-                reader.read_data(buf.extend)
-                try:
-                    sf = parse_signature_file(bytes(buf), m.name)
-                    rep.signer_key_ids.append(sf.hint)
-                    rep.signed_subject = parse_statement(sf.payload, m.name).subject
-                except VerificationError as e:
-                    rep.notes.append(str(e))
-            elif rel == MANIFEST and m.size <= MAX_MANIFEST_SIZE:
-                buf = bytearray()
-                reader.read_data(buf.extend)
-                try:
-                    rep.manifest = json.loads(bytes(buf).decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    rep.notes.append(f"{m.name}: not valid JSON ({e})")
-            elif rel.endswith(".engine"):
-                head = bytearray()
-
-                def take(chunk: memoryview, head: bytearray = head) -> None:
-                    if len(head) < HEADER_SIZE:
-                        head.extend(chunk[: HEADER_SIZE - len(head)])
-
-                reader.read_data(take)
-                try:
-                    rep.engine_headers[rel] = parse_header(bytes(head), m.size)
-                except HeaderError as e:
-                    rep.engine_headers[rel] = None
-                    rep.notes.append(f"{m.name}: {e}")
-    rep.notes.insert(0, "NOT VERIFIED: nothing here was checked against a trusted key; pass --trust KEY.pub to verify")
+        try:
+            _scan(reader, rep, max_manifest)
+        except OSError as e:
+            raise ArchiveError(f"read error at byte {reader.position}: {e.strerror or e}") from None
+        rep.sha256 = reader.archive_sha256
+    rep.notes.insert(0, UNVERIFIED_NOTE)
     return rep
+
+
+def _scan(reader: StrictTarReader, rep: InspectReport, max_manifest: int) -> None:
+    signatures = 0
+    while True:
+        m = reader.next()
+        if m is None:
+            break
+        if rep.root is None:
+            rep.root = m.name.split("/", 1)[0]
+        rel = m.name[len(rep.root) + 1 :] if m.name.startswith(rep.root + "/") else m.name
+        rep.members.append(InspectMember(rel, m.size, f"{m.mode:04o}", m.is_dir))
+        if m.is_dir:
+            continue
+        if rel.startswith(SIGNATURES_DIR + "/"):
+            if m.size > MAX_SIGNATURE_SIZE:
+                rep.notes.append(f"{m.name}: signature file of {m.size} bytes is over the limit of {MAX_SIGNATURE_SIZE}; not parsed")
+                continue
+            signatures += 1
+            if signatures > MAX_SIGNATURES:
+                if signatures == MAX_SIGNATURES + 1:
+                    rep.notes.append(f"more than {MAX_SIGNATURES} signature files; the rest are not parsed")
+                continue
+            buf = bytearray()
+            reader.read_data(buf.extend)
+            _signature(bytes(buf), m.name, rep)
+        elif rel == MANIFEST:
+            if m.size > max_manifest:
+                rep.notes.append(f"{m.name}: {m.size} bytes, over the {max_manifest} that inspect parses without "
+                                 "a verified signature; no manifest fields are shown")
+                continue  # the reader skips its data without keeping it
+            buf = bytearray()
+            reader.read_data(buf.extend)
+            rep.manifest, notes = typed_manifest(bytes(buf), m.name)
+            rep.notes.extend(notes)
+        elif rel.endswith(".engine"):
+            head = bytearray()
+
+            def take(chunk: memoryview, head: bytearray = head) -> None:
+                if len(head) < HEADER_SIZE:
+                    head.extend(chunk[: HEADER_SIZE - len(head)])
+
+            reader.read_data(take)
+            try:
+                rep.engine_headers[rel] = parse_header(bytes(head), m.size)
+            except HeaderError as e:
+                rep.engine_headers[rel] = None
+                rep.notes.append(f"{m.name}: {e}")
+
+
+def _signature(raw: bytes, where: str, rep: InspectReport) -> None:
+    """Record a signature file's claimed key hint and subject; a bad one is a note.
+
+    `parse_signature_file` and `parse_statement` raise only `SignatureError` for bad content,
+    but what they return is unauthenticated JSON: the subject is kept only if it is a string.
+    """
+    try:
+        sf = parse_signature_file(raw, where)
+        rep.signer_key_ids.append(sf.hint)
+        subject: Any = parse_statement(sf.payload, where).subject
+    except VerificationError as e:
+        rep.notes.append(_clip(str(e), 4 * MAX_QUOTE))
+        return
+    if isinstance(subject, str):
+        rep.signed_subject = subject
+    else:
+        rep.notes.append(f"{where}: signed subject is not a string; not shown")

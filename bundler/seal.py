@@ -107,8 +107,8 @@ def _collect(
     for d, rec in records:
         if rec.model.sha256 != first.model.sha256:
             raise InputError(
-                f"{d} was built from a different source model (sha256 {rec.model.sha256[:12]}…) than "
-                f"{first_dir} ({first.model.sha256[:12]}…); one bundle holds engines of one model"
+                f"{d} was built from a different source model (sha256 {rec.model.sha256[:12]}...) than "
+                f"{first_dir} ({first.model.sha256[:12]}...); one bundle holds engines of one model"
             )
         if (rec.name, rec.version) != (first.name, first.version):
             raise InputError(f"{d} is {rec.name} {rec.version} but {first_dir} is {first.name} {first.version}")
