@@ -214,9 +214,9 @@ def keys_generate(
 @keys_app.command("id")
 def keys_id(pub: Path = typer.Argument(..., help="A public key PEM.")) -> None:
     """Print a public key's id (hex SHA-256 of its PEM; model-signing's `hint`)."""
-    from .signing import key_id, load_public_key
+    from .signing import load_public_key
 
-    _run(False, lambda: print(key_id(load_public_key(pub))))
+    _run(False, lambda: print(load_public_key(pub).key_id))
 
 
 # -- build / seal / create --------------------------------------------------------------------

@@ -25,9 +25,6 @@ prints: the CLI renders the report, escaping every string it took from the bundl
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -36,6 +33,7 @@ from .archive import Limits, StrictTarReader
 from .engine_header import HEADER_SIZE, HeaderError, parse_header
 from .errors import ArchiveError, InputError, VerificationError
 from .manifest import FORMAT_VERSION, EngineHeader, Manifest, from_dict, to_dict
+from runtime_stub.verify import StrictJSONError, loads_strict
 from .seal import MANIFEST
 from .signing import SIGNATURES_DIR, parse_signature_file, parse_statement
 from .verify import MAX_SIGNATURE_SIZE, MAX_SIGNATURES
@@ -44,8 +42,6 @@ from .verify import MAX_SIGNATURE_SIZE, MAX_SIGNATURES
 # at most 1 MiB (INSPECT_MAX_MANIFEST) and at most 16 signature files of at most 1 MiB each; larger
 # ones are noted and not shown. JSON nesting is limited to 64 levels and numbers to 40 digits.
 INSPECT_MAX_MANIFEST = 1 << 20
-MAX_JSON_DEPTH = 64
-MAX_NUMBER_DIGITS = 40
 MAX_QUOTE = 200  # characters of a hostile value or parser message quoted in a note
 
 UNVERIFIED_NOTE = "NOT VERIFIED: nothing here was checked against a trusted key; pass --trust KEY.pub to verify"
@@ -76,107 +72,15 @@ class InspectReport:
         return to_dict(self)
 
 
-# -- strict JSON ------------------------------------------------------------------------------------
-
-class StrictJSONError(ValueError):
-    """JSON that Python's parser would take but that no bundle writer produces."""
-
-
 def _clip(text: str, n: int = MAX_QUOTE) -> str:
     """Quote at most ``n`` characters of something hostile: a 1 MiB key must not become a 1 MiB note."""
     return text if len(text) <= n else text[:n] + "..."
 
 
-# Strings are removed before brackets are counted: a '[' inside a string is not nesting. First the
-# escaped backslashes go, then the escaped quotes (bytes.replace, left to right, as JSON pairs a run
-# of backslashes); what is left between two quotes is a string. The scan runs in chunks, so the
-# pieces it splits off stay few whatever the input: one regex substitution over 1 MiB of `"",`
-# kept 56 MiB of pieces, and the textbook string regex (a repeated group) 45 MiB of backtracking
-# state for 1 MiB of escapes.
-_SCAN_CHUNK = 64 << 10
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
-def _max_depth(raw: bytes, stop: int = MAX_JSON_DEPTH) -> int:
-    """The deepest nesting of ``raw`` (or the first depth over ``stop``), counted in C-speed
-    passes before json allocates anything: json's own limit is its recursion limit (~1000
-    levels), and RecursionError is not a message."""
-    unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    depth = peak = 0
-    inside = False  # in a string at the start of the chunk
-    for at in range(0, len(unescaped), _SCAN_CHUNK):
-        pieces = unescaped[at : at + _SCAN_CHUNK].split(b'"')
-        outside = b"".join(pieces[1::2] if inside else pieces[0::2]).translate(None, _NOT_BRACKETS)
-        if len(pieces) % 2 == 0:  # an odd number of quotes in this chunk
-            inside = not inside
-        if outside:
-            levels = list(itertools.accumulate(map(_DEPTH_STEP.__getitem__, outside), initial=depth))
-            peak, depth = max(peak, max(levels)), levels[-1]
-            if peak > stop:
-                break
-    return peak
-
-
-def _object(pairs: List[tuple]) -> Dict[str, Any]:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen: set = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise StrictJSONError(f"duplicate key {_clip(k, 40)!r}")
-            seen.add(k)
-    return d
-
-
-def _int(token: str) -> int:
-    if len(token.lstrip("-")) > MAX_NUMBER_DIGITS:
-        raise StrictJSONError(f"integer of {len(token.lstrip('-'))} digits (at most {MAX_NUMBER_DIGITS})")
-    return int(token)
-
-
-def _float(token: str) -> float:
-    if len(token) > MAX_NUMBER_DIGITS + 10:  # digits, sign, point and exponent
-        raise StrictJSONError(f"number of {len(token)} characters")
-    value = float(token)
-    if not math.isfinite(value):
-        raise StrictJSONError(f"number {_clip(token, 40)} is out of range")
-    return value
-
-
-def _constant(token: str) -> Any:
-    raise StrictJSONError(f"{token} is not JSON")
-
-
-def strict_json(raw: bytes) -> Any:
-    """Parse JSON the way a bundle writer wrote it, or raise `StrictJSONError` (a ValueError).
-
-    Python's json accepts NaN and Infinity, keeps the last of duplicate keys, turns 1e999 into
-    inf, and raises RecursionError or a digit-limit ValueError on hostile input. Each of those is
-    refused here with a one-line reason, so the parsed value can be typed and printed as JSON
-    (``allow_nan=False``) without a surprise.
-    """
-    depth = _max_depth(raw)
-    if depth > MAX_JSON_DEPTH:
-        raise StrictJSONError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        text = raw.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_object, parse_int=_int, parse_float=_float,
-                          parse_constant=_constant)
-    except StrictJSONError:
-        raise
-    except UnicodeDecodeError as e:
-        raise StrictJSONError(f"not UTF-8 (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise StrictJSONError(f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # belt and braces: a limit we did not foresee
-        raise StrictJSONError(f"not usable JSON ({type(e).__name__})") from None
-
-
 def typed_manifest(raw: bytes, where: str) -> Tuple[Optional[Manifest], List[str]]:
     """``(Manifest, notes)`` or ``(None, notes)``: a manifest the report may show, and why not."""
     try:
-        data = strict_json(raw)
+        data = loads_strict(raw)
     except StrictJSONError as e:
         return None, [f"{where}: {_clip(str(e))}; no manifest fields are shown"]
     try:
@@ -211,9 +115,11 @@ def inspect_bundle(path: Path, limits: Limits = Limits(), *, max_manifest: int =
         reader = StrictTarReader(f, limits)
         try:
             _scan(reader, rep, max_manifest)
+            rep.sha256 = reader.archive_sha256
         except OSError as e:
             raise ArchiveError(f"read error at byte {reader.position}: {e.strerror or e}") from None
-        rep.sha256 = reader.archive_sha256
+        finally:
+            reader.close()  # its whole-file hash runs on a worker thread
     rep.notes.insert(0, UNVERIFIED_NOTE)
     return rep
 

@@ -14,24 +14,40 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .errors import InputError, KeyFileError, OutputError, SignatureError
+# Reading what a bundle or a trust file says (parsing, the trust-file rule, the pure-Python
+# signature check) is the shared verification code's; this module adds what needs `cryptography`:
+# making keys, signing, and a fast signature check that the pipeline can use instead.
+from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's names for them
+    BUNDLE_MEDIA_TYPE,
+    PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    SIGNATURES_DIR,
+    STATEMENT_TYPE,
+    PublicKey,
+    SignatureFile,
+    Statement,
+    TrustedKey,
+    load_public_key,
+    load_trust,
+    pae,
+    parse_signature_file,
+    parse_statement,
+    subject_digest,
+)
+from runtime_stub.verify import verify_signature as _verify_signature
 
-BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-PAYLOAD_TYPE = "application/vnd.in-toto+json"
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://model_signing/signature/v1.0"
-SIGNATURES_DIR = "signatures"
+from .errors import InputError, KeyFileError, OutputError
+
 PASSPHRASE_ENV = "BUNDLE_KEY_PASSPHRASE"
 
 
@@ -133,53 +149,9 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
     return key
 
 
-def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such public key") from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read ({e.strerror})") from None
-    if b"PRIVATE KEY" in data:
-        raise KeyFileError(f"{path}: is a private key; trust takes the public key (.pub)")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise KeyFileError(f"{path}: not a PEM public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise KeyFileError(f"{path}: not an ECDSA P-256 public key")
-    return key
-
-
-@dataclass(frozen=True)
-class TrustedKey:
-    key_id: str
-    key: ec.EllipticCurvePublicKey
-    source: str
-
-
-def load_trust(paths: Sequence[Path]) -> Dict[str, TrustedKey]:
-    """Trusted keys by key id, from ``--trust`` files. A trust-policy file format will extend this."""
-    trusted: Dict[str, TrustedKey] = {}
-    for p in paths:
-        k = load_public_key(Path(p))
-        kid = key_id(k)
-        trusted[kid] = TrustedKey(kid, k, str(p))
-    return trusted
-
-
 # -- statement --------------------------------------------------------------------------------
 
-def subject_digest(resources: Dict[str, str]) -> str:
-    """model-signing's root digest: SHA-256 over the raw file digests in sorted path order."""
-    h = hashlib.sha256()
-    for name in sorted(resources):
-        h.update(bytes.fromhex(resources[name]))
-    return h.hexdigest()
-
-
-def make_statement(subject: str, resources: Dict[str, str]) -> bytes:
+def make_statement(subject: str, resources: "dict[str, str]") -> bytes:
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": subject, "digest": {"sha256": subject_digest(resources)}}],
@@ -199,12 +171,6 @@ def make_statement(subject: str, resources: Dict[str, str]) -> bytes:
     return json.dumps(statement, indent=2).encode("utf-8")
 
 
-def pae(payload_type: str, body: bytes) -> bytes:
-    """DSSE pre-authentication encoding: what the signature actually covers."""
-    t = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(body), body)
-
-
 def sign_statement(statement: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     """A model-signing compatible signature file (sigstore bundle v0.3 JSON) for ``statement``."""
     sig = key.sign(pae(PAYLOAD_TYPE, statement), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
@@ -220,88 +186,17 @@ def sign_statement(statement: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
-@dataclass(frozen=True)
-class SignatureFile:
-    """A parsed (not yet verified) signature file."""
-
-    hint: Optional[str]
-    payload: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True)
-class Statement:
-    subject: str
-    resources: Dict[str, str]  # path -> sha256 hex
-    ignore_paths: Tuple[str, ...]
-
-
-def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
+def ecdsa_fast(key: PublicKey, signature: bytes, message: bytes) -> bool:
+    """ECDSA P-256/SHA-256 through `cryptography` (OpenSSL): the library's fast path for the
+    shared pipeline's signature check. Same answers as the pure-Python `ecdsa_p256_verify`
+    (tests/test_one_verifier.py checks both on the same vectors)."""
     try:
-        doc = json.loads(raw.decode("utf-8"))
-        if doc.get("mediaType") not in (BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"):
-            raise ValueError(f"unsupported mediaType {doc.get('mediaType')!r}")
-        env = doc["dsseEnvelope"]
-        if env["payloadType"] != PAYLOAD_TYPE:
-            raise ValueError(f"unsupported payloadType {env['payloadType']!r}")
-        sigs = env["signatures"]
-        if not isinstance(sigs, list) or len(sigs) != 1:
-            raise ValueError("expected exactly one DSSE signature")
-        hint = ((doc.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint")
-        payload = base64.b64decode(env["payload"], validate=True)
-        sig = base64.b64decode(sigs[0]["sig"], validate=True)
-    except RecursionError:  # hostile nesting ("[[[[…") is unparsable, not a crash
-        raise SignatureError(f"{where}: not a model-signing signature file (nested too deeply)", member=where) from None
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise SignatureError(f"{where}: not a model-signing signature file ({e})", member=where) from None
-    if hint is not None and not isinstance(hint, str):
-        raise SignatureError(f"{where}: key hint is not a string", member=where)
-    return SignatureFile(hint, payload, sig)
-
-
-def verify_signature(sf: SignatureFile, key: ec.EllipticCurvePublicKey) -> bool:
-    try:
-        key.verify(sf.signature, pae(PAYLOAD_TYPE, sf.payload), ec.ECDSA(hashes.SHA256()))
+        pub = ec.EllipticCurvePublicNumbers(key.x, key.y, ec.SECP256R1()).public_key()
+        pub.verify(bytes(signature), message, ec.ECDSA(hashes.SHA256()))
         return True
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         return False
 
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def parse_statement(payload: bytes, where: str) -> Statement:
-    """Parse a signed in-toto statement, checking it is a model-signing v1.0 file manifest."""
-    try:
-        st = json.loads(payload.decode("utf-8"))
-        if st.get("_type") != STATEMENT_TYPE:
-            raise ValueError(f"statement type {st.get('_type')!r}")
-        if st.get("predicateType") != PREDICATE_TYPE:
-            raise ValueError(f"predicate type {st.get('predicateType')!r}")
-        subjects = st["subject"]
-        if len(subjects) != 1:
-            raise ValueError("expected one subject")
-        subject = subjects[0]["name"]
-        root = subjects[0]["digest"]["sha256"]
-        pred = st["predicate"]
-        ser = pred["serialization"]
-        if ser.get("method") != "files" or ser.get("hash_type") != "sha256":
-            raise ValueError(f"serialization {ser.get('method')}/{ser.get('hash_type')} (need files/sha256)")
-        resources: Dict[str, str] = {}
-        for r in pred["resources"]:
-            if r["algorithm"] != "sha256":
-                raise ValueError(f"algorithm {r['algorithm']!r}")
-            name, digest = r["name"], r["digest"]
-            if not isinstance(name, str) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-                raise ValueError("bad resource entry")
-            if name in resources:
-                raise ValueError(f"resource {name!r} listed twice")
-            resources[name] = digest.lower()
-        ignore = tuple(str(p) for p in ser.get("ignore_paths", []))
-    except RecursionError:
-        raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
-        raise SignatureError(f"{where}: signed statement is malformed ({e})", member=where) from None
-    if subject_digest(resources) != root:
-        raise SignatureError(f"{where}: signed statement's subject digest does not match its resources", member=where)
-    return Statement(subject, resources, ignore)
+def verify_signature(sf: SignatureFile, key: PublicKey) -> bool:
+    return _verify_signature(sf, key, ecdsa_fast)

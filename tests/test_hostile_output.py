@@ -24,7 +24,8 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 from bundler.errors import ExitCode, printable
-from bundler.inspect import INSPECT_MAX_MANIFEST, MAX_JSON_DEPTH
+from bundler.inspect import INSPECT_MAX_MANIFEST
+from runtime_stub.verify import MAX_JSON_DEPTH
 from conftest import REPO, Result, run_bundle
 from test_tamper import (
     ENGINE,
