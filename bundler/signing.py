@@ -44,7 +44,6 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     parse_statement,
     subject_digest,
 )
-from runtime_stub.verify import verify_signature as _verify_signature
 
 from .errors import InputError, KeyFileError, OutputError
 
@@ -196,7 +195,3 @@ def ecdsa_fast(key: PublicKey, signature: bytes, message: bytes) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
-
-
-def verify_signature(sf: SignatureFile, key: PublicKey) -> bool:
-    return _verify_signature(sf, key, ecdsa_fast)

@@ -38,6 +38,10 @@ swapped after verification is caught (exit 12), and a path that leaves the bundl
 
 import sys
 
+if sys.version_info < (3, 8):  # before any import that would fail on an old Python with a traceback
+    sys.stderr.write("error [usage]: loader.py needs Python 3.8 or newer; this is Python %d.%d\n" % tuple(sys.version_info[:2]))
+    sys.exit(2)
+
 if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
     # Python put this script's directory first on sys.path: take it off before any other import,
     # so a module planted beside the loader can never shadow the standard library or numpy.

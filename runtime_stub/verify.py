@@ -4,12 +4,15 @@
     python3 verify.py BUNDLE --trust KEY.pub [--trust KEY.pub ...] [--json] [--require-host]
 
 BUNDLE is a ``NAME-VERSION.bundle.tar`` or a directory made by ``bundle extract --dest DIR``.
-The checks, their order, the exit codes and the ``--json`` report are those of
-``bundle verify`` (bundler/verify.py, bundler/archive.py, bundler/signing.py): this file mirrors
-that library so a host without trt-bundler, `cryptography` or pip can still check a bundle it was
-handed. It ships inside every bundle as ``runtime/verify.py`` (a copy inside the bundle proves
-nothing by itself: run a copy you trust, or check this file against the signed SHA256SUMS after
-verifying with a trusted verifier once).
+Without ``--trust``, the trusted keys come from ``BUNDLE_TRUST`` (files separated by os.pathsep).
+
+This file is THE implementation of reading and verifying a bundle: `bundle verify`, `extract`,
+`inspect --trust` and `run` import it (the library adds only an extraction sink and a faster
+signature check through `cryptography`), and every bundle carries it, byte for byte, as
+``runtime/verify.py``, so a host without trt-bundler, `cryptography` or pip runs exactly the
+checks the publisher ran. A copy inside a bundle proves nothing by itself: run a copy you trust
+(`bundle verifier --out`, checked against its published SHA-256). docs/bundle-format.md is the
+normative spec it implements, read top to bottom in the same order.
 
 Exit codes: 0 verified; 1 internal error; 2 usage; 3 bad input; 4 key problem; 10 archive
 (not a tar, damaged, truncated, data after the end); 11 signature; 12 digest; 13 members
@@ -27,10 +30,11 @@ files outside the signed list (except signatures/*.sig), directories holding no 
 missing files are refused. The directory named on the command line may itself be a symlink.
 A directory has no whole-file digest: its report has "sha256": null.
 
-Deliberate differences from the library: ``--trust`` files over 1 MiB are refused as "not a PEM
-public key"; an I/O error while reading a bundle is reported at the position this reader had
-reached (it reads ahead in 1 MiB blocks). Everything else, messages included, is meant to be
-identical: tests/test_stdlib_verifier.py compares whole JSON reports on dozens of damaged bundles.
+Trust files follow one rule: a regular file of at most 1 MiB holding exactly one ``PUBLIC KEY``
+PEM block (no headers, canonical base64) for a named-curve P-256 key with an uncompressed point.
+Member names are compared as bytes; case clashes are found with an ASCII-only fold, so every
+Python gives the same verdict. Signed JSON (signature files, statements, the manifest) is parsed
+strictly: no duplicate keys, no NaN or Infinity, bounded nesting and numbers.
 
 Speed: one pass, 1 MiB reads; the whole-file SHA-256 runs in a worker thread beside the member
 digests (hashlib releases the GIL), so a bundle is checked at about the speed of one
@@ -38,11 +42,15 @@ digests (hashlib releases the GIL), so a bundle is checked at about the speed of
 
 Tested on CPython 3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1 and 3.13.0 (tests/test_stdlib_verifier.py
 runs it under every interpreter it finds, each in an empty virtual environment with ``python -I``);
-the test suite also checks that the source parses with ``ast.parse(src, feature_version=(3, 8))``
-and imports only standard-library modules.
+the test suite also checks that the source parses as Python 3.6, so that on 3.6 and 3.7 its first
+lines can say which Python it needs (exit 2), and that it imports only standard-library modules.
 """
 
 import sys
+
+if sys.version_info < (3, 8):  # before any import that would fail on an old Python with a traceback
+    sys.stderr.write("error [usage]: verify.py needs Python 3.8 or newer; this is Python %d.%d\n" % tuple(sys.version_info[:2]))
+    sys.exit(2)
 
 if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
     # Python put this script's directory first on sys.path: take it off before any other import,
@@ -374,19 +382,12 @@ class NotP256(ValueError):
 
 
 def point_from_bytes(data: bytes) -> PublicKey:
-    """SEC 1 point: 04||X||Y, or compressed 02/03||X (square root: p = 3 mod 4)."""
+    """SEC 1 uncompressed point 04||X||Y, the encoding every P-256 tool writes in an SPKI.
+    Compressed and hybrid encodings are refused: one encoding, one answer everywhere."""
     if len(data) == 65 and data[0] == 4:
         x, y = int.from_bytes(data[1:33], "big"), int.from_bytes(data[33:], "big")
-    elif len(data) == 33 and data[0] in (2, 3):
-        x = int.from_bytes(data[1:], "big")
-        if x >= _P:
-            raise ValueError("point x out of range")
-        rhs = (x * x * x + _A * x + _B) % _P
-        y = pow(rhs, (_P + 1) // 4, _P)
-        if y * y % _P != rhs:
-            raise ValueError("compressed point is not on the curve")
-        if (y & 1) != (data[0] & 1):
-            y = _P - y
+    elif data[:1] in (b"\x02", b"\x03"):
+        raise ValueError("compressed point (trust files hold the uncompressed 04||X||Y form)")
     else:
         raise ValueError("unsupported point encoding")
     if not _on_curve(x, y):
@@ -417,25 +418,45 @@ def parse_spki_der(der: bytes) -> PublicKey:
     return point_from_bytes(der[b0 + 1:b1])
 
 
-def parse_public_key_pem(data: bytes) -> PublicKey:
-    """The first ``PUBLIC KEY`` PEM block in ``data`` (text around it is ignored, as OpenSSL does).
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PUBLIC KEY-----", b"-----END PUBLIC KEY-----"
+_B64_LINE = re.compile(rb"[A-Za-z0-9+/]{1,76}={0,2}")
 
-    Raises NotP256 for a readable key of another kind and ValueError for anything unreadable.
+
+def parse_public_key_pem(data: bytes) -> PublicKey:
+    """The one trust-file rule: exactly one ``PUBLIC KEY`` PEM block and nothing else (white
+    space around it aside), no PEM headers, canonical base64, an SPKI for a named P-256 curve
+    with an uncompressed point.
+
+    Raises NotP256 for a readable key of another kind and ValueError, with the reason, for
+    anything else. Lenient parsers (OpenSSL skips text and takes the first of several blocks)
+    made two verifiers accept different files; a trust anchor has no reason to be anything but
+    what `bundle keys generate` writes.
     """
-    begin, end = b"-----BEGIN PUBLIC KEY-----", b"-----END PUBLIC KEY-----"
-    i = data.find(begin)
-    if i < 0:
-        if b"-----BEGIN RSA PUBLIC KEY-----" in data:
+    text = data.strip(b" \t\r\n")
+    if data.count(b"-----BEGIN ") != 1 or data.count(b"-----END ") != 1:
+        if b"-----BEGIN RSA PUBLIC KEY-----" in data and data.count(b"-----BEGIN ") == 1:
             raise NotP256("RSA key")
-        raise ValueError("no PEM public key")
-    j = data.find(end, i)
-    if j < 0:
-        raise ValueError("PEM block not closed")
-    body = b"".join(data[i + len(begin):j].split())
+        raise ValueError("not exactly one PEM block" if b"-----BEGIN " in data else "no PEM public key")
+    if not text.startswith(_PEM_BEGIN):
+        if text.startswith(b"-----BEGIN RSA PUBLIC KEY-----"):
+            raise NotP256("RSA key")
+        raise ValueError("text before the PEM block, or not a PUBLIC KEY block")
+    if not text.endswith(_PEM_END):
+        raise ValueError("text after the PEM block, or the block is not closed")
+    lines = text[len(_PEM_BEGIN):-len(_PEM_END)].replace(b"\r\n", b"\n").split(b"\n")
+    if lines[0] != b"" or lines[-1] != b"":
+        raise ValueError("the BEGIN and END lines must stand alone")
+    body = lines[1:-1]
+    if any(b":" in ln for ln in body):
+        raise ValueError("PEM headers are not allowed in a trust file")
+    if not body or not all(_B64_LINE.fullmatch(ln) for ln in body):
+        raise ValueError("bad base64 in PEM")
     try:
-        der = base64.b64decode(body, validate=True)
+        der = base64.b64decode(b"".join(body), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("bad base64 in PEM") from None
+    if base64.b64encode(der) != b"".join(body):
+        raise ValueError("base64 in PEM is not canonical")
     return parse_spki_der(der)
 
 
@@ -451,22 +472,32 @@ class TrustedKey:
 def load_public_key(path: Path) -> PublicKey:
     """A trusted P-256 public key from a PEM file, with the library's messages (exit 4)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE_SIZE + 1)
+        # O_NONBLOCK: a FIFO must not hang the open; only a regular file is read, and at most
+        # MAX_KEY_FILE_SIZE + 1 bytes of it (--trust /dev/zero used to grow without bound).
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such public key") from None
     except OSError as e:
         raise KeyFileError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyFileError(f"{path}: not a regular file; trust takes a public key file (.pub)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_KEY_FILE_SIZE + 1)
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(fd)
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path}: is a private key; trust takes the public key (.pub)")
     if len(data) > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"{path}: not a PEM public key")
+        raise KeyFileError(f"{path}: over {MAX_KEY_FILE_SIZE} bytes; not a public key file")
     try:
         return parse_public_key_pem(data)
-    except NotP256:
-        raise KeyFileError(f"{path}: not an ECDSA P-256 public key") from None
-    except (ValueError, IndexError):
-        raise KeyFileError(f"{path}: not a PEM public key") from None
+    except NotP256 as e:
+        raise KeyFileError(f"{path}: not an ECDSA P-256 public key ({e})") from None
+    except (ValueError, IndexError) as e:
+        raise KeyFileError(f"{path}: not a PEM public key ({e})") from None
 
 
 def load_trust_source(path: Path) -> List[TrustedKey]:
@@ -544,7 +575,7 @@ def verify_signature(sf: SignatureFile, key: PublicKey, ecdsa: "Optional[Ecdsa]"
     return (ecdsa or ecdsa_p256_verify)(key, sf.signature, pae(PAYLOAD_TYPE, sf.payload))
 
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # lowercase, as model-signing and sha256sum write it
 
 
 def parse_statement(payload: bytes, where: str) -> Statement:
@@ -572,7 +603,7 @@ def parse_statement(payload: bytes, where: str) -> Statement:
                 raise ValueError("bad resource entry")
             if name in resources:
                 raise ValueError(f"resource {name!r} listed twice")
-            resources[name] = digest.lower()
+            resources[name] = digest
         ignore = tuple(str(p) for p in ser.get("ignore_paths", []))
     except RecursionError:
         raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
@@ -1162,6 +1193,17 @@ def _octal(fld: bytes, what: str, offset: int) -> int:
     return int(m.group(1), 8) if m.group(1) else 0
 
 
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+SIGNATURE_NAME_RE = re.compile(r"[A-Za-z0-9._-]+\.sig\Z")
+
+
+def ascii_fold(name: str) -> str:
+    """The case-clash rule: A-Z fold to a-z, nothing else changes. Unicode case folding differs
+    between Python 3.8-3.10 and 3.11+ (so verify.py on 3.8 accepted what 3.11 refused); this
+    gives the same answer on every Python. Names that differ in any other way are different."""
+    return name.translate(_ASCII_FOLD)
+
+
 def check_name(name: str, limits: Limits, offset: int) -> None:
     """Reject, never rewrite: absolute paths, '..', '.', empty parts, backslashes, NULs."""
     if len(name.encode("utf-8", "surrogateescape")) > limits.max_name_bytes:
@@ -1292,7 +1334,7 @@ class StrictTarReader:
             raise LimitsError(f"archive content over the limit of {self.limits.max_total_size} bytes", member=name)
         if name in self._names:
             raise MembersError(f"{name}: duplicated member", member=name)
-        folded = name.casefold()
+        folded = ascii_fold(name)
         if folded in self._folded:
             raise UnsafeMemberError(f"{name}: collides with {self._folded[folded]} when case is ignored", member=name)
         self._names.add(name)
@@ -1652,8 +1694,9 @@ def _wants_head(rel: str) -> bool:
 
 def _check_sig_member(full: str, rel: str, size: int, count: int) -> None:
     name = rel[len(SIGNATURES_DIR) + 1:]
-    if "/" in name or not name.endswith(".sig"):
-        raise SignatureError(f"{full}: only signatures/*.sig files may live in signatures/", member=full)
+    if not SIGNATURE_NAME_RE.match(name):
+        raise SignatureError(f"{full}: only signatures/NAME.sig files, NAME of A-Z a-z 0-9 . _ -, may live in "
+                             "signatures/", member=full)
     if size > MAX_SIGNATURE_SIZE:
         raise LimitsError(f"{full}: signature file of {size} bytes is over the limit", member=full)
     if count >= MAX_SIGNATURES:
@@ -1781,6 +1824,9 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
     assert st.statement is not None
     signed = st.statement.resources
     listed = {f.path: f for f in m.files}
+    if len(listed) != len(m.files):
+        twice = next(f.path for i, f in enumerate(m.files) if any(g.path == f.path for g in m.files[:i]))
+        raise BindingError(f"{where}/{MANIFEST}: lists {twice} twice in its files", member=f"{where}/{MANIFEST}")
     expected = set(listed) | {MANIFEST, SHA256SUMS}
     if expected != set(signed):
         diff = sorted(expected ^ set(signed))
@@ -1860,12 +1906,33 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
         er.header_ok = True
     if st.sums_raw is not None:
         expected = {p: fr.expected_sha256 for p, fr in st.files.items() if p != SHA256SUMS}
-        got = {}  # type: Dict[str, str]
-        for line in st.sums_raw.decode("utf-8", "replace").splitlines():
-            digest, _, p = line.partition("  ")
-            got[p] = digest
+        got = parse_sums(st.sums_raw)
         if got != expected:
             raise BindingError(f"{root}/{SHA256SUMS}: does not list exactly the signed files and digests", member=f"{root}/{SHA256SUMS}")
+
+
+_SUMS_LINE = re.compile(rb"([0-9a-f]{64})  ([^\x00-\x1f\x7f\\]+)")
+
+
+def parse_sums(raw: bytes) -> Optional[Dict[str, str]]:
+    """SHA256SUMS exactly as `sha256sum` writes it for our names: ``HEX64 SP SP PATH LF`` per
+    file, nothing else (no CR, no other line separator, a final LF, no path twice), so that what
+    this verifier accepts is what `sha256sum -c` will check. None when it is anything else."""
+    if not raw.endswith(b"\n"):
+        return None
+    out = {}  # type: Dict[str, str]
+    for line in raw[:-1].split(b"\n"):
+        m = _SUMS_LINE.fullmatch(line)
+        if m is None:
+            return None
+        try:
+            path = m.group(2).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if path in out:
+            return None
+        out[path] = m.group(1).decode("ascii")
+    return out
 
 
 # -- an extracted directory ---------------------------------------------------------------------
@@ -1925,7 +1992,7 @@ def _walk(top: Path, limits: Limits) -> Tuple[Dict[str, int], Set[str]]:
             count += 1
             if count > limits.max_members:
                 raise LimitsError(f"more than {limits.max_members} members", member=full)
-            f = rel.casefold()
+            f = ascii_fold(rel)
             if f in folded:
                 raise UnsafeMemberError(f"{full}: collides with {folded[f]} when case is ignored", member=full)
             folded[f] = rel

@@ -508,5 +508,8 @@ def test_the_loader_source_keeps_its_import_guard_first():
         body = src.split('"""', 2)[2]
         statements = [ln for ln in body.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         assert statements[0] == "import sys", (name, statements[0])
-        assert statements[1].startswith('if __name__ == "__main__" and sys.path'), (name, statements[1])
+        assert statements[1].startswith("if sys.version_info < (3, 8):"), (name, statements[1])  # the version gate
+        guard = next(i for i, ln in enumerate(statements) if ln.startswith("if __name__"))
+        assert statements[guard].startswith('if __name__ == "__main__" and sys.path'), (name, statements[guard])
+        assert not any(ln.startswith(("import ", "from ")) for ln in statements[1:guard]), name
         assert not re.search(r"^from __future__", src, re.M)
