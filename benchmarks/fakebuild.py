@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from bundler.build import BUILD_RECORD
+from bundler.backends import BUILD_RECORD
 from bundler.engine_header import parse_header
 from bundler.manifest import (
     BackendInfo,

@@ -48,7 +48,7 @@ def shapes_for(model: Path) -> list:
 
 
 def one(model: Path, jobs: int, work: Path) -> float:
-    from bundler.build import BuildRequest, build
+    from bundler.backends import BuildRequest, build
     from bundler.model import parse_shape
 
     out = work / f"b{jobs}-{time.monotonic_ns()}"

@@ -9,16 +9,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict
 
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from .archive import Limits
-from .build import BuildRequest, build, select_backend
-from .errors import BundleError, ExitCode, OutputError
+from .backends import BuildRequest, build, select_backend
+from .errors import BundleError, ExitCode
 from .inspect import InspectReport, inspect_bundle
 from .manifest import BuildRecord, Manifest
 from .engine_header import inspect_engine_file
@@ -26,6 +23,7 @@ from .model import ShapeSpec, fix_shared_dims, load_model, parse_shape, resolve_
 from .runtime import run_loader, write_verifier
 from .spec import build_all, create_all, load_spec, request_from_flags
 from .seal import SealResult, seal
+from .create import create
 from .signing import (
     GeneratedKey,
     TrustedKey,
@@ -46,30 +44,6 @@ __all__ = [
     "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal", "select_backend",
     "verify", "write_verifier",
 ]
-
-
-def create(
-    request: BuildRequest,
-    key: ec.EllipticCurvePrivateKey,
-    out_dir: Path,
-    progress: Optional[Callable[..., None]] = None,
-) -> SealResult:
-    """`build` into a private temporary directory, then `seal`; only the bundle is left behind."""
-    out_dir = Path(out_dir)
-    final = out_dir / f"{request.name}-{request.version}.bundle.tar"
-    if final.exists():
-        raise OutputError(f"{final}: already exists; bundles are never overwritten")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
-    except OSError as e:
-        raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
-    try:
-        build(request, work / "build", progress=progress,
-              logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
-        return seal([work / "build"], key, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def verify(

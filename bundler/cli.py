@@ -320,7 +320,7 @@ class _BuildDisplay:
                       Text(printable(ev.stage), style=styles.get(ev.stage, "")), _plain(f"{ev.elapsed_s:.1f}s"))
         return t
 
-    def __call__(self, ev) -> None:  # noqa: ANN001 - bundler.build.BuildEvent
+    def __call__(self, ev) -> None:  # noqa: ANN001 - bundler.backends.BuildEvent
         prev = self._rows.get(ev.job)
         self._rows[ev.job] = ev
         if self._console.is_terminal:
@@ -360,7 +360,7 @@ def build_cmd(
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
-    from .build import build
+    from .backends import build
 
     _spec_usage(ctx, spec, ("model", "name", "version", "target"), ("out",))
 

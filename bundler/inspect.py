@@ -32,9 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .archive import Limits, StrictTarReader
 from .engine_header import HEADER_SIZE, HeaderError, parse_header
 from .errors import ArchiveError, InputError, VerificationError
-from .manifest import FORMAT_VERSION, EngineHeader, Manifest, from_dict, to_dict
+from .manifest import FORMAT_VERSION, MANIFEST, EngineHeader, Manifest, from_dict, to_dict
 from runtime_stub.verify import StrictJSONError, loads_strict
-from .seal import MANIFEST
 from .signing import SIGNATURES_DIR, parse_signature_file, parse_statement
 from .verify import MAX_SIGNATURE_SIZE, MAX_SIGNATURES
 

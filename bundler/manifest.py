@@ -19,6 +19,9 @@ from typing import Any, List, Optional, Type, TypeVar
 # the verifier checks them, field by field, with the same converter.
 from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's names for them
     FORMAT_VERSION,
+    MANIFEST,
+    SHA256SUMS,
+    SIGNATURES_DIR,
     AccuracyInfo,
     BackendInfo,
     BuildSettings,
@@ -43,6 +46,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
 )
 
 BUILD_FORMAT_VERSION = "trt-bundler-build/1"
+RUNTIME_DIR = "runtime"  # the loader stub, the verifier and their README, in every bundle
 
 
 @dataclass

@@ -20,10 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_name
-from .build import BUILD_RECORD
+from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
 from .manifest import (
+    MANIFEST,
+    RUNTIME_DIR,
+    SHA256SUMS,
     BuildRecord,
     EngineRecord,
     FileEntry,
@@ -35,10 +38,6 @@ from .manifest import (
 )
 from .model import sha256_file
 from .signing import SIGNATURES_DIR, key_id, make_statement, sign_statement
-
-MANIFEST = "manifest.json"
-SHA256SUMS = "SHA256SUMS"
-RUNTIME_DIR = "runtime"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from .build import BuildRequest
+from .backends import BuildRequest
 from .errors import BundleError, InputError
 
 if sys.version_info >= (3, 11):
@@ -334,7 +334,7 @@ def create_all(
     bundles already made, which stay; the failing model leaves no bundle (`api.create` builds
     in a private directory and seals atomically).
     """
-    from .api import create
+    from .create import create
     from .errors import OutputError
 
     out_dir = Path(out_dir)
@@ -361,7 +361,7 @@ def build_all(
     on_build: Optional[Callable[[SpecEntry, Path, Any], None]] = None,
 ) -> List[Path]:
     """`build` for each entry into ``out_dir/NAME-VERSION`` (build directories to seal later)."""
-    from .build import build
+    from .backends import build
     from .errors import OutputError
 
     out_dir = Path(out_dir)

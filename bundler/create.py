@@ -1,0 +1,42 @@
+"""`create`: build into a private directory, then seal; only the bundle is left behind.
+
+Its own module so that the spec runner (bundler/spec.py) and the public API (bundler/api.py)
+both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .backends import BuildRequest, build
+from .errors import OutputError
+from .seal import SealResult, seal
+
+
+def create(
+    request: BuildRequest,
+    key: ec.EllipticCurvePrivateKey,
+    out_dir: Path,
+    progress: Optional[Callable[..., None]] = None,
+) -> SealResult:
+    """`build` into a private temporary directory, then `seal`; only the bundle is left behind."""
+    out_dir = Path(out_dir)
+    final = out_dir / f"{request.name}-{request.version}.bundle.tar"
+    if final.exists():
+        raise OutputError(f"{final}: already exists; bundles are never overwritten")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
+    try:
+        build(request, work / "build", progress=progress,
+              logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
+        return seal([work / "build"], key, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
