@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import ArchiveError, BundleError, ExitCode, InputError, Interrupted, KeyFileError, OutputError, printable, shown_key_id
+from .errors import ArchiveError, BundleError, ExitCode, Interrupted, KeyFileError, OutputError, printable, shown_key_id
 from .signing import PASSPHRASE_ENV
 
 app = typer.Typer(
@@ -450,11 +450,13 @@ def create_cmd(
 # -- verify / extract / inspect ---------------------------------------------------------------
 
 def _trust(paths: List[Path]):  # noqa: ANN202
+    """Trusted keys: the --trust flags, else BUNDLE_TRUST, by the one rule verify.py and the
+    loader use (`trust_paths`), so every entry point reads trust the same way."""
+    from runtime_stub.verify import trust_paths
+
     from .signing import load_trust
 
-    if not paths:
-        raise InputError("no trusted key: pass --trust KEY.pub (a key inside the bundle is never trusted)")
-    return load_trust(paths)
+    return load_trust([Path(p) for p in trust_paths([str(p) for p in paths])])
 
 
 def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
@@ -517,8 +519,8 @@ def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host:
 
 @app.command("verify")
 def verify_cmd(
-    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
-    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file, or an extracted bundle directory."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
 ) -> None:
@@ -529,7 +531,7 @@ def verify_cmd(
 @app.command("extract")
 def extract_cmd(
     bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
-    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
 ) -> None:
@@ -709,7 +711,7 @@ def verifier_cmd(
 def run_cmd(
     ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="A .bundle.tar file or an extracted bundle directory."),
-    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable)."),
+    trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
 ) -> None:
     """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
     from .runtime import run_loader

@@ -552,6 +552,22 @@ def subject_digest(resources: Dict[str, str]) -> str:
     return h.hexdigest()
 
 
+def b64_canonical(text: Any) -> bytes:
+    """Standard base64 (RFC 4648, with padding) exactly as an encoder writes it: what
+    `b64decode(validate=True)` alone accepts varies with the Python version (3.8 takes extra
+    padding that 3.13 refuses) and ignores unused low bits, so one signature file could verify on
+    one Python and fail on another. Decode, re-encode, compare: one answer everywhere."""
+    if not isinstance(text, str):
+        raise ValueError("base64 field is not a string")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("bad base64") from None
+    if base64.b64encode(data).decode("ascii") != text:
+        raise ValueError("base64 is not in its canonical form")
+    return data
+
+
 def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
     try:
         doc = loads_strict(raw)
@@ -564,8 +580,8 @@ def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
         if not isinstance(sigs, list) or len(sigs) != 1:
             raise ValueError("expected exactly one DSSE signature")
         hint = ((doc.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint")
-        payload = base64.b64decode(env["payload"], validate=True)
-        sig = base64.b64decode(sigs[0]["sig"], validate=True)
+        payload = b64_canonical(env["payload"])
+        sig = b64_canonical(sigs[0]["sig"])
     except RecursionError:  # hostile nesting ("[[[[...") is unparsable, not a crash
         raise SignatureError(f"{where}: not a model-signing signature file (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
@@ -1968,9 +1984,18 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
         vf = listed.get(v.graph)
         if vf is None or vf.sha256 != v.sha256 or vf.size != v.size:
             raise BindingError(f"{wm}: {v.precision} graph {v.graph} is not listed with its size and digest", member=wm)
-    # Every engine says which graph it was built from: the source's own precision or a variant.
+    # Every engine says which graph it was built from: the source's own precision or a variant,
+    # one graph per precision (a second one would silently replace the first in this map).
     graphs = {m.model.precision: m.model.sha256}
-    graphs.update({v.precision: v.sha256 for v in m.variants})
+    for v in m.variants:
+        if v.precision in graphs:
+            raise BindingError(f"{wm}: a second {v.precision} graph ({v.graph}); one graph per precision", member=wm)
+        graphs[v.precision] = v.sha256
+    seen = set()  # type: Set[str]
+    for e in m.engines:
+        if e.path in seen:
+            raise BindingError(f"{wm}: engine {e.path} has two records", member=wm)
+        seen.add(e.path)
     for e in m.engines:
         if e.build.precision not in graphs:
             raise BindingError(f"{wm}: engine {e.path} is {e.build.precision}, but no graph of that precision is signed", member=wm)

@@ -344,3 +344,41 @@ def test_tar_reader_refuses_via_both_entry_points_identically(tmp_path, tiny_bun
     assert json.loads(lib.out) == json.loads(std.out)
     with tarfile.open(bundle) as tf:  # the tar itself is well-formed: the digest is what differs
         assert len(tf.getmembers()) == len(entries)
+
+
+def test_base64_in_signature_files_is_canonical_on_every_python(tmp_path, tiny_bundle, keys):
+    """Extra padding and unused low bits were accepted by some Pythons and refused by others."""
+    from test_stdlib_verifier import edit_sig
+
+    def pad_more(doc: dict) -> None:
+        sig = doc["dsseEnvelope"]["signatures"][0]["sig"]
+        doc["dsseEnvelope"]["signatures"][0]["sig"] = sig + "=="  # still decodes on 3.8-3.10
+
+    bundle = write_tar(tmp_path / "b64.tar", edit_sig(read_entries(tiny_bundle), pad_more))
+    for py in _pythons():
+        r = stdlib_verify(bundle, keys["release"]["pub"], python=py, json_mode=False)
+        assert r.code == 11 and "base64" in r.err, (py, r.err)
+    r = run_bundle("verify", bundle, "--trust", keys["release"]["pub"])
+    assert r.code == 11 and "base64" in r.err, r.err
+
+
+@pytest.mark.parametrize("label, edit, needle", [
+    ("two records for one engine", lambda m: m["engines"].append(dict(m["engines"][0])), "has two records"),
+    ("a second fp32 graph", lambda m: m["variants"].append(
+        {"precision": m["model"]["precision"], "graph": m["model"]["path"], "sha256": m["model"]["sha256"],
+         "size": m["model"]["size"], "converter": "none"}), "one graph per precision"),
+])
+def test_ambiguous_records_are_refused(tmp_path, tiny_bundle, keys, label, edit, needle):
+    bundle = _resigned(tmp_path, tiny_bundle, keys, edit_manifest=edit)
+    for r in (run_bundle("verify", bundle, "--trust", keys["release"]["pub"]),
+              stdlib_verify(bundle, keys["release"]["pub"], json_mode=False)):
+        assert r.code == 16 and needle in r.err, (label, r.err)
+
+
+def test_bundle_verify_reads_bundle_trust_like_verify_py(tiny_bundle, keys):
+    env = {"BUNDLE_TRUST": os.pathsep.join([str(keys["other"]["pub"]), str(keys["release"]["pub"])])}
+    assert run_bundle("verify", tiny_bundle, env=env).code == 0
+    r = run_bundle("verify", tiny_bundle, env={"BUNDLE_TRUST": str(keys["other"]["pub"])})
+    assert r.code == 11
+    r = run_bundle("verify", tiny_bundle)
+    assert r.code == 3 and "BUNDLE_TRUST" in r.err
