@@ -1068,57 +1068,44 @@ class Member:
     offset: int
 
 
-class _ArchiveHasher:
-    """SHA-256 of every byte read, computed in a worker thread on whole read buffers.
+class _WindowHasher:
+    """The whole-file SHA-256, on a worker thread (or inline) so that it runs on a second core
+    beside the member digest; hashlib releases the GIL on large updates."""
 
-    hashlib releases the GIL on large updates, so the whole-file digest runs on a second core
-    while the main thread parses and hashes the member. Buffers cycle through ``_free``: the
-    worker hands one back only after hashing it, and the reader takes one only when it is done
-    with its current buffer, so no buffer is overwritten while still in use.
-    """
-
-    def __init__(self, nbuf: int = 3, size: int = CHUNK, threaded: bool = True) -> None:
+    def __init__(self, threaded: bool) -> None:
         self._h = hashlib.sha256()
-        self._free = queue.Queue()  # type: queue.Queue
-        for _ in range(nbuf):
-            self._free.put(bytearray(size))
         self._work = queue.Queue()  # type: queue.Queue
-        self._thread = None  # type: Optional[threading.Thread]
         self._error = None  # type: Optional[BaseException]
+        self._thread = None  # type: Optional[threading.Thread]
         if threaded:
             try:
-                t = threading.Thread(target=self._loop, name="bundle-sha256", daemon=True)
-                t.start()
-                self._thread = t
+                self._thread = threading.Thread(target=self._loop, name="bundle-sha256", daemon=True)
+                self._thread.start()
             except RuntimeError:  # pragma: no cover - no threads on this platform
                 self._thread = None
 
     def _loop(self) -> None:
-        h, work, free = self._h, self._work, self._free
         while True:
-            item = work.get()
+            item = self._work.get()
             if item is None:
                 return
-            buf, n = item
+            view, done = item
             try:
-                h.update(memoryview(buf)[:n])
-            except BaseException as e:  # pragma: no cover - keep buffers flowing; report at the end
+                self._h.update(view)
+            except BaseException as e:  # pragma: no cover - report at the end, keep windows flowing
                 self._error = e
             finally:
-                free.put(buf)  # always: the reader waits for buffers, it must never wait forever
+                if done is not None:
+                    done.set()
 
-    def take(self) -> bytearray:
-        return self._free.get()
-
-    def give_back(self, buf: bytearray) -> None:
-        self._free.put(buf)
-
-    def submit(self, buf: bytearray, n: int) -> None:
+    def submit(self, view: memoryview, done: Optional[threading.Event] = None) -> None:
+        """Hash ``view``: inline, or on the worker, which sets ``done`` when it no longer reads it."""
         if self._thread is None:
-            self._h.update(memoryview(buf)[:n])
-            self._free.put(buf)
+            self._h.update(view)
+            if done is not None:
+                done.set()
         else:
-            self._work.put((buf, n))
+            self._work.put((view, done))
 
     def close(self) -> None:
         if self._thread is not None:
@@ -1134,11 +1121,13 @@ class _ArchiveHasher:
 
 
 class _Source:
-    """Big reads from the file, handed out as slices; every byte read goes to the archive hash."""
+    """Plain reads, for inputs that cannot be mapped (a pipe, a file not read from its start):
+    one buffer at a time, hashed inline. Regular files take `_MappedSource`, the fast path."""
 
     def __init__(self, f: Any, threaded: bool = True, chunk: int = CHUNK) -> None:
         self._f = f
-        self.hasher = _ArchiveHasher(3, chunk, threaded)
+        self.hasher = _WindowHasher(False)
+        self._buf = bytearray(chunk)
         self._cur = memoryview(b"")
         self._off = 0
         self._eof = False
@@ -1147,23 +1136,17 @@ class _Source:
     def _refill(self) -> bool:
         if self._eof:
             return False
-        buf = self.hasher.take()
-        view = memoryview(buf)
+        view = memoryview(self._buf)
         got = 0
-        try:
-            while got < len(buf):
-                n = self._f.readinto(view[got:])
-                if not n:
-                    self._eof = True
-                    break
-                got += n
-        except BaseException:
-            self.hasher.give_back(buf)
-            raise
+        while got < len(view):
+            n = self._f.readinto(view[got:])
+            if not n:
+                self._eof = True
+                break
+            got += n
         if not got:
-            self.hasher.give_back(buf)
             return False
-        self.hasher.submit(buf, got)
+        self.hasher.submit(view[:got])
         self._cur, self._off = view[:got], 0
         return True
 
@@ -1194,54 +1177,6 @@ class _Source:
 
     def close(self) -> None:
         self.hasher.close()
-
-
-class _WindowHasher:
-    """The whole-file SHA-256 over mmap windows, on a worker thread (or inline)."""
-
-    def __init__(self, threaded: bool) -> None:
-        self._h = hashlib.sha256()
-        self._work = queue.Queue()  # type: queue.Queue
-        self._error = None  # type: Optional[BaseException]
-        self._thread = None  # type: Optional[threading.Thread]
-        if threaded:
-            try:
-                self._thread = threading.Thread(target=self._loop, name="bundle-sha256", daemon=True)
-                self._thread.start()
-            except RuntimeError:  # pragma: no cover - no threads on this platform
-                self._thread = None
-
-    def _loop(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            view, done = item
-            try:
-                self._h.update(view)
-            except BaseException as e:  # pragma: no cover - report at the end, keep windows flowing
-                self._error = e
-            finally:
-                done.set()
-
-    def submit(self, view: memoryview, done: threading.Event) -> None:
-        if self._thread is None:
-            self._h.update(view)
-            done.set()
-        else:
-            self._work.put((view, done))
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._work.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def hexdigest(self) -> str:
-        self.close()
-        if self._error is not None:  # pragma: no cover
-            raise self._error
-        return self._h.hexdigest()
 
 
 class _MappedSource(_Source):

@@ -426,3 +426,23 @@ def test_inspect_trust_has_verify_verdict(bundle_copy, entries, keys, case) -> N
         assert i.out == v.out  # the same report on stdout as well
         assert "manifest" not in idoc  # nothing of a bundle that failed is parsed for display
         assert idoc["error"]["class"] == ExitCode(code).name.lower()
+
+
+def test_the_stdlib_verifier_escapes_what_it_prints(hostile_hint, hostile_signed, pub) -> None:  # noqa: ANN001
+    """runtime/verify.py on a closed host: the same display rule as `bundle`, for a hostile key
+    hint (refused) and for a signed manifest full of markup and escape sequences (verified)."""
+    import subprocess
+    import sys
+
+    for bundle, code in ((hostile_hint, 11), (hostile_signed, 0)):
+        for extra in ((), ("--json",)):
+            p = subprocess.run([sys.executable, "-I", str(REPO / "runtime_stub" / "verify.py"), str(bundle),
+                                "--trust", str(pub), *extra], capture_output=True, text=True, timeout=120)
+            assert p.returncode == code, p.stderr
+            r = Result(p.returncode, p.stdout, p.stderr)
+            assert_clean(r, code=code)
+            if extra:
+                json.loads(p.stdout)
+    assert "(invalid key hint)" in subprocess.run(
+        [sys.executable, "-I", str(REPO / "runtime_stub" / "verify.py"), str(hostile_hint), "--trust", str(pub)],
+        capture_output=True, text=True, timeout=120).stdout

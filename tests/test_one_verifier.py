@@ -382,3 +382,42 @@ def test_bundle_verify_reads_bundle_trust_like_verify_py(tiny_bundle, keys):
     assert r.code == 11
     r = run_bundle("verify", tiny_bundle)
     assert r.code == 3 and "BUNDLE_TRUST" in r.err
+
+
+def test_mapped_and_plain_reads_see_the_same_archive(tiny_bundle):
+    """Regular files are read through mmap windows, anything else with read(): same members,
+    same bytes, same whole-file digest (also with windows smaller than a member)."""
+    import io
+
+    def scan(f, window=None) -> tuple:  # noqa: ANN001
+        if window:
+            old, shared.MAP_WINDOW = shared.MAP_WINDOW, window
+        try:
+            r = shared.StrictTarReader(f)
+            out = []
+            while (m := r.next()) is not None:
+                h = hashlib.sha256()
+                r.read_data(h.update)
+                out.append((m.name, m.size, h.hexdigest()))
+            digest = r.archive_sha256
+            r.close()
+            return out, digest, type(r._r).__name__
+        finally:
+            if window:
+                shared.MAP_WINDOW = old
+
+    data = tiny_bundle.read_bytes()
+    with open(tiny_bundle, "rb") as f:
+        mapped = scan(f)
+    with open(tiny_bundle, "rb") as f:
+        small = scan(f, window=mmap_granularity())
+    plain = scan(io.BytesIO(data))
+    assert (mapped[2], small[2], plain[2]) == ("_MappedSource", "_MappedSource", "_Source")
+    assert mapped[:2] == small[:2] == plain[:2]
+    assert mapped[1] == hashlib.sha256(data).hexdigest()
+
+
+def mmap_granularity() -> int:
+    import mmap
+
+    return mmap.ALLOCATIONGRANULARITY
