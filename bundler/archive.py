@@ -37,8 +37,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no O_DIRECT either
     fcntl = None  # type: ignore[assignment]
 
-CHUNK = 4 << 20  # one read or write; the ring holds RING_DEPTH of them (16 MiB in all)
-RING_DEPTH = 4
+CHUNK = 4 << 20  # one read or write; the ring holds RING_DEPTH of them (12 MiB in all)
+RING_DEPTH = 3  # 4 gave no measurable overlap on a disk-bound seal and 65 MiB peak RSS (target 64)
 SMALL = 64 << 10  # updates below this are copied and hashed in batches, not handed to a thread
 MAX_INFLIGHT = 8  # batches of small updates queued at most (bounded memory)
 
