@@ -1236,11 +1236,13 @@ class _MappedSource(_Source):
 
 
 def _open_source(f: Any, threaded: bool) -> Any:
-    """mmap windows for a regular file read from its start, plain reads for anything else."""
+    """mmap windows for a regular file read from its start, plain reads for anything else,
+    including a file system that cannot map files (probed with the first window)."""
     try:
         fd = f.fileno()
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_size > 0 and f.tell() == 0:
+            mmap.mmap(fd, min(st.st_size, MAP_WINDOW), access=mmap.ACCESS_READ).close()
             return _MappedSource(fd, st.st_size, threaded)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         pass
