@@ -513,3 +513,30 @@ def test_the_loader_source_keeps_its_import_guard_first():
         assert statements[guard].startswith('if __name__ == "__main__" and sys.path'), (name, statements[guard])
         assert not any(ln.startswith(("import ", "from ")) for ln in statements[1:guard]), name
         assert not re.search(r"^from __future__", src, re.M)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_a_parallel_build_stops_it_at_once(tmp_path, keys, sig, code):
+    """Six real TensorRT-RTX builds of resnet50 on two workers take several seconds; the first
+    signal cancels the queue and kills the workers (no waiting for queued builds), removes the
+    private build directory, leaves no bundle and no process."""
+    from conftest import onnx_light_model
+
+    out = tmp_path / "out"
+    targets = [a for t in ("sm_75", "sm_80", "sm_86", "sm_89", "sm_120", "sm_121") for a in ("--target", t)]
+    p = subprocess.Popen([sys.executable, "-m", "bundler.cli", "create", str(onnx_light_model("light_resnet50")),
+                          "--name", "r", "--version", "1.0.0", *targets, "--jobs", "2", "--no-golden",
+                          "--key", str(keys["release"]["key"]), "--out", str(out), "--backend", "tensorrt-rtx"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    first = p.stderr.readline()
+    assert first.startswith("building"), first + p.stderr.read()
+    workers = _children(p.pid)
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == code, err
+    assert took < 3, f"{took:.1f} s: queued builds were waited for"
+    assert "Traceback" not in err
+    assert workers and not any(_alive(w) for w in workers)
+    assert not list(out.glob("*.bundle.tar")) and not list(out.glob(".bundle-build-*"))

@@ -130,7 +130,8 @@ def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
     events = ctx.Queue()
     results: Dict[str, EngineRecord] = {}
     failures: List[str] = []
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(events,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(events,))
+    try:
         futures: Dict[Future, Job] = {pool.submit(_run_in_worker, j): j for j in jobs}
         pending = set(futures)
         while pending:
@@ -153,10 +154,29 @@ def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
                     for other in pending:
                         other.cancel()
         _drain(events, emit, started)
+    except BaseException:
+        # Ctrl-C or SIGTERM (the CLI raises it here): leaving the pool's `with` would wait for
+        # every queued build to run. Cancel the queue and kill the workers, which may be deep in
+        # a TensorRT build that no Python-level signal interrupts, then let the caller clean up.
+        _kill_pool(pool)
+        raise
+    pool.shutdown(wait=True)
     if failures:
         more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
         raise BuildError(failures[0] + more)
     return [results[j.stem] for j in jobs]
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.kill()
+        except (OSError, ValueError):
+            pass
+    for p in procs:
+        p.join(5)
 
 
 def _mp_context():  # noqa: ANN202
