@@ -11,20 +11,18 @@ then reads each file once and uses only bytes whose digest the verification prov
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 from .errors import InputError, OutputError, error_for_code
 from .fsutil import make_workdir, remove_stale
+from .proc import die_with_parent
 from .signing import TrustedKey
 
 VERIFIER = "verify.py"
@@ -61,23 +59,6 @@ def write_verifier(dest: Path) -> None:
     _write_new(dest, verifier_bytes(), 0o755)
 
 
-def _die_with_parent() -> Optional[Callable[[], None]]:
-    """A preexec function that makes the child get SIGKILL when `bundle` dies, even by SIGKILL
-    (Linux PR_SET_PDEATHSIG), so no loader outlives the command that started it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    PR_SET_PDEATHSIG = 1
-
-    def set_pdeathsig() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-    return set_pdeathsig
-
-
 def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[Path], args: List[str]) -> int:
     """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
     ``ARGS`` on it with ``python -I``. Returns the loader's exit code.
@@ -112,6 +93,6 @@ def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[P
         cmd = [sys.executable, "-I", str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
         for t in trust_paths:
             cmd += ["--trust", str(t)]
-        return subprocess.run(cmd + args[1:], preexec_fn=_die_with_parent()).returncode
+        return subprocess.run(cmd + args[1:], preexec_fn=die_with_parent()).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)

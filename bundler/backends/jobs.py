@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as _queue
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import BuildError
 from ..manifest import EngineRecord, ModelInfo, ShapeRange
+from ..proc import die_with_parent
 from ..targets import Target
 
 
@@ -82,41 +84,28 @@ def run_jobs(jobs: List[Job], workers: Optional[int], progress: Optional[Callabl
 
     for j in jobs:
         emit(j.stem, "queued")
-    if n == 1:
-        out = []
-        for j in jobs:
-            t0 = time.monotonic()
-            stages = lambda stem, stage, el, msg: emit(stem, stage, el, msg)  # noqa: E731
-            try:
-                rec = run_one(j, _Direct(stages))
-            except BuildError as e:
-                emit(j.stem, "failed", time.monotonic() - t0, e.message)
-                raise
-            emit(j.stem, "done", time.monotonic() - t0)
-            out.append(rec)
-        return out
-
+    # Even one build runs in a worker process: a TensorRT build is minutes of C++ in which the
+    # Python signal handler of the process running it never gets to run, so Ctrl-C and SIGTERM
+    # could not stop a build made inline. The parent only waits, and can kill the worker at once.
     try:
         return _run_pool(jobs, n, emit)
     except (BrokenProcessPool, EOFError, ConnectionError) as e:
         raise BuildError(f"a build worker process died ({type(e).__name__}); out of memory? try --jobs 1") from None
 
 
-class _Direct:
-    """A queue stand-in for inline builds: events reach the display at once, in order."""
-
-    def __init__(self, fn: Callable) -> None:
-        self._fn = fn
-
-    def put(self, item: tuple) -> None:
-        self._fn(*item)
-
-
 _WORKER_EVENTS = None  # set once per worker process by _init_worker; never used in the parent
 
 
-def _init_worker(events) -> None:  # noqa: ANN001
+def _init_worker(events, die_with_parent) -> None:  # noqa: ANN001
+    """First thing in each worker: die with the parent, whatever kills it (SIGKILL included),
+    and leave signals to the parent. A worker that took Ctrl-C itself (the terminal sends it to
+    the whole process group) could stop half-way through a queue operation and leave the parent
+    waiting on it; the parent cancels the queue and kills the workers instead."""
     global _WORKER_EVENTS
+    if die_with_parent is not None:
+        die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER_EVENTS = events
 
 
@@ -130,7 +119,8 @@ def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
     events = ctx.Queue()
     results: Dict[str, EngineRecord] = {}
     failures: List[str] = []
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker, initargs=(events,))
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                               initargs=(events, die_with_parent()))
     try:
         futures: Dict[Future, Job] = {pool.submit(_run_in_worker, j): j for j in jobs}
         pending = set(futures)
