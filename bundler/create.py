@@ -7,7 +7,6 @@ both use it without importing each other.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,7 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .backends import BuildRequest, build
 from .errors import OutputError
+from .fsutil import make_workdir, remove_stale
 from .seal import SealResult, seal
+
+WORK_PREFIX = ".bundle-build-"  # + pid: a later run into the same --out removes a killed run's
 
 
 def create(
@@ -31,7 +33,8 @@ def create(
         raise OutputError(f"{final}: already exists; bundles are never overwritten")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".bundle-build-", dir=out_dir))
+        remove_stale(out_dir, WORK_PREFIX)  # what a SIGKILLed create left behind
+        work = make_workdir(out_dir, WORK_PREFIX)
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:

@@ -7,7 +7,7 @@ import ctypes.util
 import os
 import stat
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 from .errors import OutputError
 
@@ -43,10 +43,21 @@ def make_workdir(parent: Path, prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=str(parent)))
 
 
-def remove_stale(parent: Path, prefix: str) -> List[Path]:
-    """Remove ``PREFIX<pid>-*`` directories under ``parent`` whose process is gone.
+def make_workfile(parent: Path, prefix: str) -> Tuple[int, Path]:
+    """``(fd, path)`` of a new 0600 file named ``PREFIX<pid>-XXXX`` under ``parent``: a partial
+    output (a bundle being sealed) that `remove_stale` can clear after a SIGKILL."""
+    import tempfile
 
-    Only real directories (not symlinks) owned by this user are touched, and only when their
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=str(parent))
+    return fd, Path(name)
+
+
+def remove_stale(parent: Path, prefix: str) -> List[Path]:
+    """Remove ``PREFIX<pid>-*`` directories and files under ``parent`` whose process is gone.
+
+    A SIGKILLed or powered-off run leaves its partial outputs (a build directory of hundreds of
+    MB, a half-written bundle of GBs) where it worked; the next run into the same place removes
+    them. Only real directories and regular files (not symlinks) owned by this user are touched, and only when their
     pid names no living process; a directory of a live run, or of a reused pid, is left alone
     (merely ignored: every run makes a fresh one). Returns what was removed.
     """
@@ -68,7 +79,7 @@ def remove_stale(parent: Path, prefix: str) -> List[Path]:
             st = os.lstat(path)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) or st.st_uid != os.getuid():
             continue
         try:
             os.kill(int(pid_text), 0)
@@ -77,6 +88,12 @@ def remove_stale(parent: Path, prefix: str) -> List[Path]:
             pass
         except PermissionError:
             continue
-        shutil.rmtree(path, ignore_errors=True)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
         removed.append(path)
     return removed

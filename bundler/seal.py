@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_na
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
+from .fsutil import make_workfile, remove_stale
 from .manifest import (
     MANIFEST,
     RUNTIME_DIR,
@@ -249,10 +249,10 @@ def seal(
             raise InputError(f"cannot seal: {err.message} (rename the file; verify would refuse this bundle)") from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=out_dir)
+        remove_stale(out_dir, f".{final.name}.partial-")  # a killed seal's half-written tar
+        fd, tmp = make_workfile(out_dir, f".{final.name}.partial-")
     except OSError as e:
         raise OutputError(f"{out_dir}: cannot write the bundle there ({e.strerror})") from None
-    tmp = Path(tmp_name)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
         try:

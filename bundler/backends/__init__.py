@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol
 
 from ..errors import BuildError, InputError, OutputError
-from ..fsutil import rename_noreplace
+from ..fsutil import make_workdir, remove_stale, rename_noreplace
 from ..manifest import BuildRecord, EngineRecord, ModelInfo, ShapeRange, to_json
 from ..model import ShapeSpec, load_model, resolve_profile, safe_stem, shape_token
 from ..targets import Target, parse_target
@@ -196,7 +195,8 @@ def build(
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        remove_stale(out_dir.parent, f".{out_dir.name}.partial-")  # a killed build's staging
+        staging = make_workdir(out_dir.parent, f".{out_dir.name}.partial-")
     except OSError as e:
         raise OutputError(f"{out_dir.parent}: cannot create the build directory there ({e.strerror})") from None
     try:
