@@ -243,7 +243,23 @@ _MATRIX_OPTIONS = dict(
     calibration=typer.Option(None, "--calibration", help="int8/fp8 calibration data: FILE.npz or a directory of them."),
     jobs=typer.Option(None, "--jobs", min=1, help="Parallel build workers (default: number of cores)."),
     timing_cache=typer.Option(None, "--timing-cache", help="Full TensorRT: timing cache file, read and updated."),
+    keep_fp32=typer.Option([], "--keep-fp32", help="fp16/bf16: leave this node in fp32 (repeatable), or 'auto' to find the nodes the graph needs to meet its selftest tolerance."),
+    accept_accuracy_loss=typer.Option(False, "--accept-accuracy-loss", help="Build a variant measured outside its selftest tolerance anyway (recorded in the manifest)."),
 )
+
+
+def _precision_options(request, keep_fp32: List[str], accept_accuracy_loss: bool):  # noqa: ANN001, ANN202
+    request.keep_fp32 = [k.strip() for k in keep_fp32 if k.strip()]
+    request.accept_accuracy_loss = accept_accuracy_loss
+    return request
+
+
+def _print_warnings(variants) -> None:  # noqa: ANN001 - PrecisionVariant list
+    """What a builder must read before shipping, last, where it is seen (stderr)."""
+    from .precision import variant_warnings
+
+    for w in variant_warnings(variants):
+        _say(_err(), _line("warning: ", w))
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
@@ -357,6 +373,8 @@ def build_cmd(
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
     jobs: Optional[int] = _MATRIX_OPTIONS["jobs"],
     timing_cache: Optional[Path] = _MATRIX_OPTIONS["timing_cache"],
+    keep_fp32: List[str] = _MATRIX_OPTIONS["keep_fp32"],
+    accept_accuracy_loss: bool = _MATRIX_OPTIONS["accept_accuracy_loss"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
@@ -373,8 +391,9 @@ def build_cmd(
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache)
-        rec = build(req, out, progress=_BuildDisplay())
+        rec = build(_precision_options(req, keep_fp32, accept_accuracy_loss), out, progress=_BuildDisplay())
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
+        _print_warnings(rec.variants)
 
     _run(False, go)
 
@@ -385,6 +404,7 @@ def _print_seal(res) -> None:  # noqa: ANN001
     _say(c, _line("sha256:  ", res.sha256))
     _say(c, _line("key id:  ", res.key_id))
     c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
+    _print_warnings(res.manifest.variants)
 
 
 @app.command("seal")
@@ -424,6 +444,8 @@ def create_cmd(
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
     jobs: Optional[int] = _MATRIX_OPTIONS["jobs"],
     timing_cache: Optional[Path] = _MATRIX_OPTIONS["timing_cache"],
+    keep_fp32: List[str] = _MATRIX_OPTIONS["keep_fp32"],
+    accept_accuracy_loss: bool = _MATRIX_OPTIONS["accept_accuracy_loss"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
@@ -442,6 +464,7 @@ def create_cmd(
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
+        request = _precision_options(request, keep_fp32, accept_accuracy_loss)
         _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
 
     _run(False, go)
@@ -580,6 +603,30 @@ def inspect_cmd(
     _run(json_mode, go)
 
 
+def _variant_table(variants) -> Table:  # noqa: ANN001 - PrecisionVariant list
+    """Each converted graph with the accuracy measured at build time against its selftest's
+    tolerance: what decides whether a reduced precision is fit to ship."""
+    t = Table(title="precision variants (accuracy on the golden inputs, against the fp32 reference)")
+    for col in ("precision", "graph", "worst error / allowance", "values outside", "max abs err", "kept in fp32", "verdict"):
+        t.add_column(col)
+    for v in variants:
+        a = v.accuracy
+        if a is None or a.within_tolerance is None:
+            ratio = outside = err = "-"
+            verdict = "not measured" if a is None else "not measured: " + a.note
+        else:
+            ratio = f"{a.tolerance_ratio:.3g}"
+            outside = f"{100 * (a.outside_fraction or 0):.2f}%"
+            err = f"{a.max_abs_err:.3g}"
+            verdict = "within tolerance" if a.within_tolerance else "OUTSIDE tolerance"
+        if v.accuracy_loss_accepted:
+            verdict += " (accepted: --accept-accuracy-loss)"
+        kept = f"{len(v.kept_fp32)} node(s)" if v.kept_fp32 else "-"
+        t.add_row(_plain(v.precision), _plain(v.graph.split("/")[-1]), _plain(ratio), _plain(outside), _plain(err),
+                  _plain(kept), _plain(verdict))
+    return t
+
+
 def _print_inspect(rep) -> None:  # noqa: ANN001 - bundler.inspect.InspectReport
     """The human inspect report, built from the schema-checked manifest only (never raw JSON);
     every value from the bundle is escaped, and key hints are shown only if they are key ids."""
@@ -610,6 +657,8 @@ def _print_inspect(rep) -> None:  # noqa: ANN001 - bundler.inspect.InspectReport
             t.add_row(_plain(e.path.split("/")[-1]), _plain(e.target.label), _plain(e.target.cc or "-"),
                       _plain(f"{e.backend.name} {e.backend.version}"), _plain(hdr))
         c.print(t)
+        if m.variants:
+            c.print(_variant_table(m.variants))
     ft = Table(title="files")
     ft.add_column("path")
     ft.add_column("size", justify="right")

@@ -45,6 +45,13 @@ class OutputError(BundleError):
     code = ExitCode.OUTPUT
 
 
+class AccuracyError(BundleError):
+    """A precision variant measured outside the tolerance its own selftest will apply: the build
+    refuses to ship what `loader.py selftest` would fail (--accept-accuracy-loss overrides)."""
+
+    code = ExitCode.ACCURACY
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM, raised where the program is so every ``finally`` and ``except
     KeyboardInterrupt`` cleanup runs (staging and temporary directories, worker processes).
@@ -65,7 +72,7 @@ class Interrupted(KeyboardInterrupt):
 def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
     """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
     for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
-                BindingError, HostError, InputError, KeyFileError, BuildError, OutputError, UsageError):
+                BindingError, HostError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
         if int(cls.code) == int(code):
             return cls(message, member=member)
     return BundleError(message, member=member)

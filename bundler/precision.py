@@ -25,13 +25,14 @@ on the target by the loader's selftest, and the manifest says which is which.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BuildError, InputError
-from .manifest import AccuracyInfo, CalibrationInfo, InputStats, ModelInfo, ShapeRange
+from .errors import AccuracyError, BuildError, InputError, printable
+from .manifest import AccuracyInfo, CalibrationInfo, InputStats, ModelInfo, PrecisionVariant, ShapeRange, Tolerance
 from .targets import Target
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
@@ -164,13 +165,32 @@ def _without_initializer_inputs(model) -> None:  # noqa: ANN001
         model.ir_version = max(model.ir_version, 4)
 
 
-def _fp16(src: Path) -> "object":
+def _load_named(src: Path):  # noqa: ANN202 - onnx.ModelProto
+    """The source graph, with a name on every node: --keep-fp32 and the auto search name nodes,
+    and the converter's block list matches by name. Unnamed nodes get ``OpType_INDEX`` (their
+    position in the graph), stable for a given source file."""
     import onnx
-    from onnxconverter_common import float16
 
     model = onnx.load(str(src))
     _without_initializer_inputs(model)
-    return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+    return model
+
+
+def _fp16(model, keep_fp32: Sequence[str] = ()):  # noqa: ANN001, ANN202 - onnx.ModelProto
+    import copy
+
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(copy.deepcopy(model), keep_io_types=True, disable_shape_infer=False,
+                                            node_block_list=list(keep_fp32) or None)
 
 
 def _to_bf16(model) -> None:  # noqa: ANN001 - onnx.ModelProto, converted to fp16 already
@@ -254,8 +274,17 @@ def _int8_qdq_to_fp8(model) -> None:  # noqa: ANN001 - onnx.ModelProto with symm
             vi.type.tensor_type.elem_type = TensorProto.FLOAT8E4M3FN
 
 
+def _half(named, precision: str, keep_fp32: Sequence[str] = ()):  # noqa: ANN001, ANN202
+    """The fp16 or bf16 graph of a named fp32 model, the nodes in ``keep_fp32`` left in fp32."""
+    model = _fp16(named, keep_fp32)
+    if precision == "bf16":
+        _to_bf16(model)
+    return model
+
+
 def convert(
-    src: Path, precision: str, out: Path, batches: Optional[List[Dict[str, np.ndarray]]] = None
+    src: Path, precision: str, out: Path, batches: Optional[List[Dict[str, np.ndarray]]] = None,
+    keep_fp32: Sequence[str] = (),
 ) -> str:
     """Write the ``precision`` variant of the fp32 model ``src`` to ``out``; returns the converter's
     name and version for the manifest."""
@@ -265,9 +294,7 @@ def convert(
         if precision in ("fp16", "bf16"):
             import onnxconverter_common
 
-            model = _fp16(src)
-            if precision == "bf16":
-                _to_bf16(model)
+            model = _half(_load_named(src), precision, keep_fp32)
             onnx.save(model, str(out))
             return f"onnxconverter-common {onnxconverter_common.__version__} (keep_io_types)" + (
                 ", FLOAT16 rewritten to BFLOAT16" if precision == "bf16" else "")
@@ -305,37 +332,367 @@ def convert(
     raise InputError(f"unknown precision {precision!r}")
 
 
-def measure_accuracy(
-    converted: Path, inputs: Dict[str, np.ndarray], reference: Dict[str, np.ndarray]
-) -> AccuracyInfo:
-    """Run the converted graph with onnxruntime on CPU and compare with the fp32 reference."""
-    try:
-        import onnxruntime as ort
+def _run_cpu(model: "object", inputs: Dict[str, np.ndarray], optimize: bool = True) -> Dict[str, np.ndarray]:
+    """Run a graph (ModelProto or path) with onnxruntime's CPU provider; its own log lines off.
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(converted), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        outs = dict(zip(names, sess.run(names, inputs)))
-        version = ort.__version__
-    except Exception as e:  # noqa: BLE001 - e.g. no bf16/fp8 CPU kernels: record why, do not fail
-        text = str(e).replace(str(converted), Path(converted).name)  # no temporary paths in signed metadata
-        first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
-        return AccuracyInfo(measured_with=None, max_abs_err=None, max_rel_err=None,
-                            note=f"not measurable with onnxruntime on the CPU: {first}")
-    abs_err = rel_err = 0.0
+    ``optimize=False`` runs the graph as written. Q/DQ graphs need it: onnxruntime's QDQ fusions
+    assume int8's asymmetric zero points, and on an fp8 graph one of them drops a Relu before a
+    QuantizeLinear (a conv model's outputs came back negative, max abs err 6.2 instead of 0.5)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, (str, Path)) else model.SerializeToString()  # type: ignore[attr-defined]
+    sess = ort.InferenceSession(str(source) if isinstance(source, Path) else source, opts,
+                                providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+def _bf16_emulated(model):  # noqa: ANN001, ANN202 - a bf16 onnx.ModelProto
+    """A float32 graph that computes what the bf16 graph computes, for onnxruntime's CPU provider,
+    which has no bf16 kernels: weights keep their bf16 values, and every tensor the bf16 graph
+    holds in bf16 is rounded to bf16 (Cast to BFLOAT16 and back) right where it is made. The
+    arithmetic in between runs in fp32, as TensorRT accumulates bf16 math in fp32."""
+    import copy
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    low = set()
+    for vi in list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
+            low.add(vi.name)
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+
+    def widen(t) -> None:  # noqa: ANN001
+        if t.data_type == TensorProto.BFLOAT16:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+
+    for init in g.initializer:
+        widen(init)
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == a.TENSOR:
+                widen(a.t)
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.BFLOAT16:
+                a.i = TensorProto.FLOAT
+                low.update(node.output)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # Cast to and from bfloat16 exists from opset 13 on
+        from onnx import version_converter
+
+        m = version_converter.convert_version(m, 13)
+        g = m.graph
+    nodes = []
+    for node in g.node:
+        nodes.append(node)
+        for i, out in enumerate(node.output):
+            if out in low:
+                pre, mid = f"{out}__bf16emu_f32", f"{out}__bf16emu_bf16"
+                node.output[i] = pre
+                nodes.append(helper.make_node("Cast", [pre], [mid], to=TensorProto.BFLOAT16))
+                nodes.append(helper.make_node("Cast", [mid], [out], to=TensorProto.FLOAT))
+    del g.node[:]
+    g.node.extend(nodes)
+    return m
+
+
+def _compare(outs: Dict[str, np.ndarray], reference: Dict[str, np.ndarray], tol: Tolerance) -> AccuracyInfo:
+    """The selftest's own rule (np.allclose: |o - r| <= atol + rtol * |r| for every element),
+    with the figures that explain its verdict."""
+    abs_err = rel_err = ratio = 0.0
+    outside = total = 0
     for name, ref in reference.items():
         o = np.asarray(outs[name], dtype=np.float64)
         r = np.asarray(ref, dtype=np.float64)
+        if o.shape != r.shape:
+            return AccuracyInfo(measured_with=None, max_abs_err=None, max_rel_err=None, atol=tol.atol, rtol=tol.rtol,
+                                within_tolerance=False, note=f"output {name!r} has shape {o.shape}, the reference {r.shape}")
         d = np.abs(o - r)
+        d = np.where(np.isnan(d), np.inf, d)  # a NaN is as wrong as an answer can be
+        allowance = tol.atol + tol.rtol * np.abs(r)
+        total += d.size
         if d.size:
             abs_err = max(abs_err, float(d.max()))
             rel_err = max(rel_err, float((d / np.maximum(np.abs(r), 1e-12)).max()))
+            ratio = max(ratio, float((d / allowance).max()))
+            outside += int(np.count_nonzero(d > allowance))
     return AccuracyInfo(
-        measured_with=f"onnxruntime {version} CPUExecutionProvider, golden inputs, against the fp32 reference outputs",
-        max_abs_err=abs_err, max_rel_err=rel_err,
-        note="graph-level proxy measured without a GPU; the engine's own accuracy is measured on the target by `loader.py selftest`",
+        measured_with=None, max_abs_err=abs_err, max_rel_err=rel_err, atol=tol.atol, rtol=tol.rtol,
+        tolerance_ratio=ratio, outside_fraction=outside / total if total else 0.0, within_tolerance=outside == 0,
     )
+
+
+def measure_accuracy(
+    converted: "object", precision: str, inputs: Dict[str, np.ndarray], reference: Dict[str, np.ndarray],
+    tol: Tolerance,
+) -> AccuracyInfo:
+    """Run the converted graph (a path or a ModelProto) with onnxruntime on the CPU and judge it by
+    the tolerance the loader's selftest will apply to this precision. bf16 runs as an fp32 graph
+    that rounds to bf16 wherever the bf16 graph would (`_bf16_emulated`)."""
+    import onnxruntime as ort
+
+    how = "CPUExecutionProvider, golden inputs, against the fp32 reference outputs"
+    try:
+        graph = converted
+        if precision == "bf16":
+            import onnx
+
+            model = onnx.load(str(converted)) if isinstance(converted, (str, Path)) else converted
+            graph = _bf16_emulated(model)
+            how += "; bf16 emulated in fp32 with rounding to bf16 at every bf16 tensor"
+        quantized = precision in ("int8", "fp8")
+        if quantized:
+            how += "; graph optimizations off (the Q/DQ graph as written)"
+        outs = _run_cpu(graph, inputs, optimize=not quantized)
+    except Exception as e:  # noqa: BLE001 - e.g. no fp8 CPU kernels: record why, do not fail
+        text = str(e).replace(str(converted), Path(str(converted)).name) if isinstance(converted, (str, Path)) else str(e)
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+        return AccuracyInfo(measured_with=None, max_abs_err=None, max_rel_err=None, atol=tol.atol, rtol=tol.rtol,
+                            note=f"not measurable with onnxruntime on the CPU: {first}")
+    info = _compare(outs, reference, tol)
+    info.measured_with = f"onnxruntime {ort.__version__} {how}"
+    if not info.note:
+        info.note = ("graph-level proxy measured without a GPU; the engine's own accuracy is measured on the "
+                     "target by `loader.py selftest`")
+    return info
+
+
+# -- keeping nodes in fp32 ------------------------------------------------------------------------
+
+def _node_magnitudes(named, inputs: Dict[str, np.ndarray]) -> Dict[str, float]:  # noqa: ANN001
+    """For every node: the largest magnitude among its float outputs and float weights, from one
+    fp32 run that exposes every intermediate tensor. Out-of-range values are the usual reason
+    a graph fails in fp16 (65504 is fp16's largest finite value; a constant of 9.8e7 becomes inf)."""
+    import copy
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    probe = copy.deepcopy(named)
+    typed = onnx.shape_inference.infer_shapes(probe)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(typed.graph.value_info) + list(typed.graph.output)}
+    have = {o.name for o in probe.graph.output}
+    for n in probe.graph.node:
+        for o in n.output:
+            if o and o not in have and types.get(o) == TensorProto.FLOAT:
+                probe.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+                have.add(o)
+    values = _run_cpu(probe, inputs)
+    weights = {i.name: float(np.abs(numpy_helper.to_array(i)).max()) for i in named.graph.initializer
+               if i.data_type == TensorProto.FLOAT and np.prod(i.dims) > 0}
+    out = {}
+    for n in named.graph.node:
+        m = 0.0
+        for name in list(n.output) + list(n.input):
+            v = values.get(name) if name in n.output else None
+            if v is not None and v.size and np.issubdtype(v.dtype, np.floating):
+                m = max(m, float(np.nanmax(np.abs(v))))
+            m = max(m, weights.get(name, 0.0))
+        out[n.name] = m
+    return out
+
+
+@dataclass
+class KeepSearch:
+    """What `--keep-fp32 auto` found, for the manifest and the build's log."""
+
+    kept: List[str]
+    accuracy: AccuracyInfo
+    attempts: int
+    reason: str
+
+
+def search_keep_fp32(
+    named, precision: str, inputs: Dict[str, np.ndarray], reference: Dict[str, np.ndarray], tol: Tolerance,
+    always: Sequence[str] = (),
+) -> KeepSearch:  # noqa: ANN001 - onnx.ModelProto
+    """The fewest nodes to leave in fp32 for the variant to meet ``tol``, in the spirit of
+    Polygraphy's `debug precision` bisection, but over nodes ranked by risk rather than graph order.
+
+    Nodes are ranked by the magnitude of the values they make or hold in an fp32 run, largest
+    first, and the search bisects on how many of the top-ranked stay in fp32: about log2(nodes)
+    conversions and CPU runs (10 for PP-OCRv4 det's 672 nodes, ~15 s), against hundreds for
+    onnxconverter-common's `auto_convert_mixed_precision`, which also prints to stdout. Keeping
+    more of the top-ranked nodes only removes low-precision arithmetic, so the verdict is close to
+    monotonic in the count; where it is not, the search still ends on a count that passes, if
+    not the smallest. The nodes in ``always`` (given by name) stay in fp32 throughout.
+    """
+    ranking = [k for k, _ in sorted(_node_magnitudes(named, inputs).items(), key=lambda kv: (-kv[1], kv[0]))
+               if k not in set(always)]
+    attempts = 0
+
+    def attempt(k: int) -> AccuracyInfo:
+        nonlocal attempts
+        attempts += 1
+        return measure_accuracy(_half(named, precision, list(always) + ranking[:k]), precision, inputs, reference, tol)
+
+    # Invariant: keeping the top `hi` passes, keeping the top `lo` does not.
+    lo, hi = 0, len(ranking)
+    best = attempt(hi)
+    if best.within_tolerance is None:
+        raise BuildError(f"--keep-fp32 auto cannot judge the {precision} graph: {best.note}")
+    if not best.within_tolerance:
+        return KeepSearch(list(always) + ranking, best, attempts,
+                          "auto: even with every node in fp32 the graph is outside tolerance")
+    first = attempt(lo)
+    if first.within_tolerance:
+        best, hi = first, lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        info = attempt(mid)
+        if info.within_tolerance:
+            hi, best = mid, info
+        else:
+            lo = mid
+    kept = list(always) + ranking[:hi]
+    return KeepSearch(kept, best, attempts, f"auto: the {hi} of {len(ranking)} nodes with the largest fp32 values "
+                                            f"kept in fp32, found by bisection in {attempts} CPU runs")
+
+
+class _Captured:
+    """Everything converters say while they work, kept for the build log instead of the terminal:
+    onnxconverter-common's UserWarnings, the quantizer's `WARNING:root` lines, print()s, and
+    onnxruntime's own log (turned down to errors for the duration; 2, its default, after)."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def __enter__(self) -> "_Captured":
+        import contextlib
+        import io
+        import logging
+        import warnings
+
+        import onnxruntime as ort
+
+        self._warnings = warnings.catch_warnings(record=True)
+        self._caught = self._warnings.__enter__()
+        warnings.simplefilter("always")
+        root = logging.getLogger()
+        self._root_state = (root.handlers[:], root.level)
+        lines = self.lines
+
+        class _Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(f"{record.levelname}:{record.name}: {record.getMessage()}")
+
+        root.handlers = [_Keep()]
+        self._stdout = io.StringIO()
+        self._redirect = contextlib.redirect_stdout(self._stdout)
+        self._redirect.__enter__()
+        ort.set_default_logger_severity(3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(2)
+        self._redirect.__exit__(*exc)
+        root = logging.getLogger()
+        root.handlers, level = self._root_state
+        root.setLevel(level)
+        self.lines.extend(f"{w.category.__name__}: {w.message}" for w in self._caught)
+        self.lines.extend(line for line in self._stdout.getvalue().splitlines() if line.strip())
+        self._warnings.__exit__(*exc)
+
+
+def make_variant(
+    src: Path, precision: str, staging: Path, golden: Optional["object"], tolerance: Tolerance,
+    batches: Optional[List[Dict[str, np.ndarray]]] = None, cal_info: Optional[CalibrationInfo] = None,
+    keep_fp32: Sequence[str] = (), accept_loss: bool = False, model: Optional[ModelInfo] = None,
+) -> PrecisionVariant:
+    """Convert ``src`` to ``precision`` under ``staging``, measure it on the golden inputs, and
+    refuse it (`AccuracyError`) when it is outside the tolerance its selftest will apply, unless
+    ``accept_loss``. ``keep_fp32``: node names to leave in fp32, and/or "auto" to search for them.
+    The converters' messages go to the variant's log, beside its graph."""
+    import onnxruntime  # noqa: F401 - imported before capturing, so its import-time output is not lost
+
+    assert model is not None
+    rel = variant_path(model, precision)
+    out = staging / rel
+    log_rel = rel[: -len(".onnx")] + ".log"
+    names = [k for k in keep_fp32 if k != "auto"]
+    auto = "auto" in keep_fp32
+    kept: List[str] = []
+    reason = ""
+    log: List[str] = [f"{precision} variant of {model.path}"]
+    with _Captured() as captured:
+        if precision in ("fp16", "bf16") and (names or auto):
+            named = _load_named(src)
+            known = {n.name for n in named.graph.node}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                import difflib
+
+                near = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+                raise InputError(f"--keep-fp32 {printable(unknown[0])}: no node of that name in the graph"
+                                 + (f" (nearest: {', '.join(printable(x) for x in near)})" if near else ""))
+            if auto:
+                if golden is None:
+                    raise InputError("--keep-fp32 auto measures each try on the golden inputs; drop --no-golden")
+                found = search_keep_fp32(named, precision, golden.inputs, golden.outputs, tolerance, names)  # type: ignore[attr-defined]
+                kept, reason = found.kept, found.reason
+            else:
+                kept, reason = names, "given by name (--keep-fp32)"
+        converter = convert(src, precision, out, batches, kept)
+        accuracy = (measure_accuracy(out, precision, golden.inputs, golden.outputs, tolerance)  # type: ignore[attr-defined]
+                    if golden is not None else None)
+    log += [f"converter: {converter}"] + ([f"kept in fp32 ({reason}): {', '.join(kept)}"] if kept else [])
+    log += captured.lines
+    if accuracy is not None:
+        log.append(f"accuracy: {accuracy}")
+    (staging / log_rel).write_text("\n".join(printable(line) for line in log) + "\n", encoding="utf-8")
+    accepted = False
+    if accuracy is not None and accuracy.within_tolerance is False:
+        if not accept_loss:
+            raise AccuracyError(accuracy_refusal(precision, model.path, accuracy))
+        accepted = True
+    digest, size = sha256_and_size(out)
+    return PrecisionVariant(
+        precision=precision, graph=rel, sha256=digest, size=size, converter=converter, accuracy=accuracy,
+        calibration=cal_info, kept_fp32=kept, kept_fp32_reason=reason, accuracy_loss_accepted=accepted, log=log_rel,
+    )
+
+
+def accuracy_refusal(precision: str, model_path: str, a: AccuracyInfo) -> str:
+    """One line: which variant, how far off, against which tolerance, and what to do."""
+    how = ("try --keep-fp32 auto to leave the nodes that need it in fp32" if precision in ("fp16", "bf16")
+           else "calibrate with more and more representative data (--calibration)")
+    return (f"the {precision} graph of {printable(model_path)} is outside the tolerance its selftest applies: "
+            f"worst error {a.tolerance_ratio:.3g}x the allowance atol {a.atol:g} + rtol {a.rtol:g} x |reference| "
+            f"(max abs err {a.max_abs_err:.3g}, {100 * (a.outside_fraction or 0):.1f}% of output values outside) "
+            f"on the golden inputs; {how}, or pass --accept-accuracy-loss to build it anyway")
+
+
+#: A variant using more than this share of its tolerance is reported as near the limit.
+NEAR_LIMIT = 0.5
+
+
+def variant_warnings(variants: Sequence[PrecisionVariant]) -> List[str]:
+    """What a builder should read before shipping: accepted losses, accuracy near the limit or
+    not measured, calibration warnings. Computed here, printed by the CLI at the end of create."""
+    out = []
+    for v in variants:
+        a = v.accuracy
+        if v.accuracy_loss_accepted and a is not None:
+            out.append(f"{v.precision}: built OUTSIDE tolerance under --accept-accuracy-loss (worst error "
+                       f"{a.tolerance_ratio:.3g}x the allowance); its selftest will fail")
+        elif a is None:
+            out.append(f"{v.precision}: accuracy not measured (no golden data); the selftest is the first check")
+        elif a.within_tolerance is None:
+            out.append(f"{v.precision}: {a.note}")
+        elif a.tolerance_ratio is not None and a.tolerance_ratio > NEAR_LIMIT:
+            out.append(f"{v.precision}: worst error is {a.tolerance_ratio:.2f}x the allowance (near the limit of 1)")
+        for w in (v.calibration.warnings if v.calibration else []):
+            out.append(f"{v.precision} calibration: {w}")
+    return out
 
 
 def sha256_and_size(path: Path) -> Tuple[str, int]:

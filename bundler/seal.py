@@ -139,6 +139,12 @@ def _variants(records: Sequence[Tuple[Path, BuildRecord]]) -> Tuple[List[Precisi
         if not src.is_file() or src.stat().st_size != v.size:
             raise InputError(f"{src}: converted {v.precision} graph missing or changed since the build")
         payloads.append(_Payload(src, FileEntry(v.graph, v.size, v.sha256)))
+        if v.log is not None:  # the converter's messages: hashed here, like the builders' logs
+            log_src = d / v.log
+            if not log_src.is_file():
+                raise InputError(f"{log_src}: conversion log listed in {BUILD_RECORD} is missing")
+            digest, size = sha256_file(log_src)
+            payloads.append(_Payload(log_src, FileEntry(v.log, size, digest)))
     return variants, payloads
 
 
@@ -210,7 +216,7 @@ def seal(
     payloads.append(_Payload(model_src, FileEntry(record.model.path, record.model.size, record.model.sha256)))
     payloads += _golden_payloads(build_dirs, record)
     variants, variant_payloads = _variants(records)
-    payloads += variant_payloads
+    payloads += sorted(variant_payloads, key=lambda p: p.entry.path)
     runtime = [
         (f"{RUNTIME_DIR}/{n}", data, mode) for n, data, mode in runtime_files()
     ]

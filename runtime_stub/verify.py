@@ -133,6 +133,7 @@ class ExitCode(enum.IntEnum):
     KEY = 4
     BUILD = 5
     OUTPUT = 6
+    ACCURACY = 7  # build side: a precision variant outside its selftest's tolerance
     ARCHIVE = 10
     SIGNATURE = 11
     DIGEST = 12
@@ -854,6 +855,14 @@ class AccuracyInfo:
     max_abs_err: Optional[float]
     max_rel_err: Optional[float]
     note: str = ""
+    # Against the tolerance the loader's selftest applies to this precision (|o - r| <= atol +
+    # rtol * |r| for every element): the worst element's error over its allowance (<= 1 passes),
+    # the share of elements outside, and the verdict. None where not measured.
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    tolerance_ratio: Optional[float] = None
+    outside_fraction: Optional[float] = None
+    within_tolerance: Optional[bool] = None
 
 
 @dataclass
@@ -865,6 +874,10 @@ class PrecisionVariant:
     converter: str
     accuracy: Optional[AccuracyInfo] = None
     calibration: Optional[CalibrationInfo] = None
+    kept_fp32: List[str] = field(default_factory=list)  # node names left in fp32 (--keep-fp32)
+    kept_fp32_reason: str = ""  # how they were chosen: given by name, or found by the auto search
+    accuracy_loss_accepted: bool = False  # built outside tolerance under --accept-accuracy-loss
+    log: Optional[str] = None  # the converter's own messages (warnings), bundled beside the graph
 
 
 @dataclass
@@ -1913,7 +1926,8 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
     mf = listed.get(m.model.path)
     if mf is None or mf.sha256 != m.model.sha256 or mf.size != m.model.size:
         raise BindingError(f"{wm}: source model {m.model.path} is not listed with its size and digest", member=wm)
-    refs = [e.log for e in m.engines] + ([m.golden.inputs, m.golden.outputs] if m.golden else [])
+    refs = [e.log for e in m.engines] + ([m.golden.inputs, m.golden.outputs] if m.golden else []) + [
+        v.log for v in m.variants if v.log is not None]
     for ref in refs:
         if ref not in listed:
             raise BindingError(f"{wm}: refers to {ref}, which is not a signed file", member=wm)

@@ -49,6 +49,8 @@ class BuildRequest:
     calibration: Optional[Path] = None  # .npz (or a directory of them) for int8/fp8
     jobs: Optional[int] = None  # parallel build workers; None = number of cores
     timing_cache: Optional[Path] = None  # full TensorRT only: read, updated, recorded
+    keep_fp32: List[str] = field(default_factory=list)  # fp16/bf16: node names, and/or "auto"
+    accept_accuracy_loss: bool = False  # build a variant outside its selftest tolerance anyway
 
 
 class Backend(Protocol):
@@ -151,6 +153,10 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
     for _, t in resolved:
         for p in precisions:
             check_target_supports(t, p)
+    if request.keep_fp32 and not any(p in ("fp16", "bf16") for p in precisions):
+        raise InputError("--keep-fp32 applies to fp16 and bf16 graphs; add --precision fp16 or bf16")
+    if "auto" in request.keep_fp32 and not request.golden:
+        raise InputError("--keep-fp32 auto measures each try on the golden inputs; drop --no-golden")
     calibration = None
     if any(p in ("int8", "fp8") for p in precisions):
         if request.calibration is None:
@@ -246,9 +252,10 @@ def build(
 
 
 def _convert_all(request, model, precisions, calibration, golden, staging):  # noqa: ANN001, ANN202
-    """Write each precision's graph into the staging dir and measure it against fp32 on the CPU."""
-    from ..manifest import PrecisionVariant
-    from ..precision import convert, measure_accuracy, sha256_and_size, variant_path
+    """Write each precision's graph into the staging dir, measured against fp32 on the CPU and
+    refused when outside its selftest's tolerance (`precision.make_variant`)."""
+    from ..golden import TOLERANCES
+    from ..precision import make_variant
 
     graphs: Dict[str, Path] = {}
     variants = []
@@ -256,17 +263,11 @@ def _convert_all(request, model, precisions, calibration, golden, staging):  # n
         if p == model.precision:
             graphs[p] = Path(request.model)
             continue
-        rel = variant_path(model, p)
-        out = staging / rel
         batches, cal_info = (calibration if p in ("int8", "fp8") and calibration else (None, None))
-        converter = convert(Path(request.model), p, out, batches)
-        digest, size = sha256_and_size(out)
-        accuracy = measure_accuracy(out, golden.inputs, golden.outputs) if golden is not None else None
-        variants.append(PrecisionVariant(
-            precision=p, graph=rel, sha256=digest, size=size, converter=converter, accuracy=accuracy,
-            calibration=cal_info,
-        ))
-        graphs[p] = out
+        v = make_variant(Path(request.model), p, staging, golden, TOLERANCES[p], batches, cal_info,
+                         request.keep_fp32, request.accept_accuracy_loss, model)
+        variants.append(v)
+        graphs[p] = staging / v.graph
     return variants, graphs
 
 
