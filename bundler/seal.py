@@ -22,6 +22,7 @@ from . import __version__
 from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_name
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
+from .fsutil import check_out_dir, make_dirs, remove_made_dirs
 from .errors import InputError, OutputError, VerificationError
 from .manifest import (
     MANIFEST,
@@ -185,6 +186,7 @@ def seal(
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> SealResult:
     """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``."""
+    check_out_dir(Path(out_dir), "NAME-VERSION.bundle.tar")
     records, engines = _collect(build_dirs)
     first_dir, record = records[0]
     root = f"{record.name}-{record.version}"
@@ -247,10 +249,12 @@ def seal(
             check_member_name(f"{root}/{e.path}", Limits(), 0)
         except VerificationError as err:
             raise InputError(f"cannot seal: {err.message} (rename the file; verify would refuse this bundle)") from None
+    made: List[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_dirs(out_dir)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=out_dir)
     except OSError as e:
+        remove_made_dirs(made)
         raise OutputError(f"{out_dir}: cannot write the bundle there ({e.strerror})") from None
     tmp = Path(tmp_name)
     try:
@@ -283,9 +287,11 @@ def seal(
         _publish(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)
         raise OutputError(f"{e.filename or final}: cannot write ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)  # a failed seal leaves no --out it made either
         raise
     return SealResult(final, digest, kid, manifest)
 
