@@ -541,7 +541,7 @@ def extract_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file, or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Verify too, against these trusted keys."),
     json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
 ) -> None:
@@ -562,11 +562,14 @@ def inspect_cmd(
                 _print_report(vrep)
             _verify_failed(vrep)
         if vrep is not None:
-            # Verified: the signed manifest may be as large as verify allows; the digest check
-            # below makes sure this second read saw the very bytes that were verified.
-            rep = inspect_bundle(bundle, max_manifest=MAX_MANIFEST_SIZE)
-            if rep.sha256 != vrep.sha256:
-                raise ArchiveError(f"{bundle}: the file changed between verification and inspection")
+            # Verified: the signed manifest may be as large as verify allows; the digest checks
+            # make sure this second read saw the very bytes that were verified (a tar: the whole
+            # file's digest; a directory: the manifest's digest and every engine header).
+            digests = {f.path: f.sha256 for f in vrep.files if f.sha256}
+            rep = inspect_bundle(bundle, max_manifest=MAX_MANIFEST_SIZE, verified_digests=digests)
+            headers = {e.path: e.header for e in vrep.engines if e.header is not None}
+            if rep.sha256 != vrep.sha256 or any(rep.engine_headers.get(p) != h for p, h in headers.items()):
+                raise ArchiveError(f"{bundle}: the bundle changed between verification and inspection")
             rep.verified = True
             rep.notes[0] = "VERIFIED against the trusted keys given"
         else:
