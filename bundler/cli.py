@@ -747,12 +747,40 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _invoke(argv: List[str]) -> int:
+    """Run the typer app and return the exit code, with click's usage errors as one line.
+
+    In standalone mode click prints a usage block and a rich box for a mistyped option; the
+    README promises one line per failure, so usage errors are caught here and rendered like
+    every other error: ``error [usage]: No such option: --tust Did you mean --trust?; see
+    'bundle verify --help'`` (exit 2). `bundle` or `bundle keys` alone still prints its help.
+    """
+    exc = sys.modules[typer.BadParameter.__module__]  # typer vendors click: its own classes
+    try:
+        rc = app(args=argv, prog_name="bundle", standalone_mode=False)
+    except exc.NoArgsIsHelpError as e:
+        if e.format_message().strip():  # typer's rich help is printed (on stdout) as it is made
+            e.show()  # no arguments at all: the help is the answer (exit 2)
+        return int(ExitCode.USAGE)
+    except exc.UsageError as e:
+        hint = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+        _error_line("usage", f"{e.format_message().rstrip('.')}{hint}")
+        return int(ExitCode.USAGE)
+    except exc.ClickException as e:  # any other error click reports (none is expected)
+        _error_line("usage", e.format_message())
+        return int(e.exit_code)
+    except typer.Abort:  # EOF or Ctrl-C while click itself was prompting
+        _err().print("interrupted", markup=False)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
 def main() -> None:
     # The CLI owns the process, so it (not the library) decides what a signal does: SIGTERM
     # (`timeout`, a CI cancel) unwinds like Ctrl-C, removing staging and temporary directories.
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    app()
+    sys.exit(_invoke(sys.argv[1:]))
 
 
 if __name__ == "__main__":
