@@ -95,6 +95,8 @@ def make_dirs(path: Path) -> List[Path]:
     while not p.exists() and not p.is_symlink() and p != p.parent:
         missing.append(p)
         p = p.parent
+    if not p.is_dir():  # a file where a directory should be: say which, not "cannot create a/b/c"
+        raise NotADirectoryError(20, os.strerror(20), str(p))
     made: List[Path] = []
     try:
         for d in reversed(missing):
