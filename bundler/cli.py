@@ -564,7 +564,7 @@ def extract_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
+    bundle: Path = typer.Argument(..., help="A .bundle.tar file, or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Verify too, against these trusted keys."),
     json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
 ) -> None:
@@ -585,11 +585,14 @@ def inspect_cmd(
                 _print_report(vrep)
             _verify_failed(vrep)
         if vrep is not None:
-            # Verified: the signed manifest may be as large as verify allows; the digest check
-            # below makes sure this second read saw the very bytes that were verified.
-            rep = inspect_bundle(bundle, max_manifest=MAX_MANIFEST_SIZE)
-            if rep.sha256 != vrep.sha256:
-                raise ArchiveError(f"{bundle}: the file changed between verification and inspection")
+            # Verified: the signed manifest may be as large as verify allows; the digest checks
+            # make sure this second read saw the very bytes that were verified (a tar: the whole
+            # file's digest; a directory: the manifest's digest and every engine header).
+            digests = {f.path: f.sha256 for f in vrep.files if f.sha256}
+            rep = inspect_bundle(bundle, max_manifest=MAX_MANIFEST_SIZE, verified_digests=digests)
+            headers = {e.path: e.header for e in vrep.engines if e.header is not None}
+            if rep.sha256 != vrep.sha256 or any(rep.engine_headers.get(p) != h for p, h in headers.items()):
+                raise ArchiveError(f"{bundle}: the bundle changed between verification and inspection")
             rep.verified = True
             rep.notes[0] = "VERIFIED against the trusted keys given"
         else:
@@ -793,12 +796,40 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _invoke(argv: List[str]) -> int:
+    """Run the typer app and return the exit code, with click's usage errors as one line.
+
+    In standalone mode click prints a usage block and a rich box for a mistyped option; the
+    README promises one line per failure, so usage errors are caught here and rendered like
+    every other error: ``error [usage]: No such option: --tust Did you mean --trust?; see
+    'bundle verify --help'`` (exit 2). `bundle` or `bundle keys` alone still prints its help.
+    """
+    exc = sys.modules[typer.BadParameter.__module__]  # typer vendors click: its own classes
+    try:
+        rc = app(args=argv, prog_name="bundle", standalone_mode=False)
+    except exc.NoArgsIsHelpError as e:
+        if e.format_message().strip():  # typer's rich help is printed (on stdout) as it is made
+            e.show()  # no arguments at all: the help is the answer (exit 2)
+        return int(ExitCode.USAGE)
+    except exc.UsageError as e:
+        hint = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+        _error_line("usage", f"{e.format_message().rstrip('.')}{hint}")
+        return int(ExitCode.USAGE)
+    except exc.ClickException as e:  # any other error click reports (none is expected)
+        _error_line("usage", e.format_message())
+        return int(e.exit_code)
+    except typer.Abort:  # EOF or Ctrl-C while click itself was prompting
+        _err().print("interrupted", markup=False)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
 def main() -> None:
     # The CLI owns the process, so it (not the library) decides what a signal does: SIGTERM
     # (`timeout`, a CI cancel) unwinds like Ctrl-C, removing staging and temporary directories.
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    app()
+    sys.exit(_invoke(sys.argv[1:]))
 
 
 if __name__ == "__main__":

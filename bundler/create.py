@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .backends import BuildRequest, build
 from .errors import OutputError
-from .fsutil import make_workdir, remove_stale
+from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale
 from .seal import SealResult, seal
 
 WORK_PREFIX = ".bundle-build-"  # + pid: a later run into the same --out removes a killed run's
@@ -28,18 +28,27 @@ def create(
 ) -> SealResult:
     """`build` into a private temporary directory, then `seal`; only the bundle is left behind."""
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, "NAME-VERSION.bundle.tar")
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
     if final.exists():
         raise OutputError(f"{final}: already exists; bundles are never overwritten")
+    made: List[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_dirs(out_dir)
         remove_stale(out_dir, WORK_PREFIX)  # what a SIGKILLed create left behind
         work = make_workdir(out_dir, WORK_PREFIX)
     except OSError as e:
+        remove_made_dirs(made)
         raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:
         build(request, work / "build", progress=progress,
               logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
-        return seal([work / "build"], key, out_dir)
-    finally:
+        result = seal([work / "build"], key, out_dir)
+    except BaseException:
+        # A failed create leaves nothing new: no --out made for it (unless it now holds the
+        # builder logs of a failed build, which the error names), no work directory.
         shutil.rmtree(work, ignore_errors=True)
+        remove_made_dirs(made)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return result

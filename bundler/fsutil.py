@@ -97,3 +97,63 @@ def remove_stale(parent: Path, prefix: str) -> List[Path]:
                 continue
         removed.append(path)
     return removed
+
+
+def make_dirs(path: Path) -> List[Path]:
+    """``mkdir -p path``, returning the directories it created, outermost first.
+
+    A command that fails must leave nothing new behind, not even an empty ``--out`` (or
+    ``--dest`` parent) that it made for an output that never came: the caller hands the list to
+    `remove_made_dirs` on failure. Raises OSError like `Path.mkdir`.
+    """
+    path = Path(path)
+    missing: List[Path] = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():  # a file where a directory should be: say which, not "cannot create a/b/c"
+        raise NotADirectoryError(20, os.strerror(20), str(p))
+    made: List[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue  # another process made it meanwhile: theirs, not ours to remove
+            made.append(d)
+    except BaseException:
+        remove_made_dirs(made)  # a/b made, a/b/c refused: a/b goes again
+        raise
+    return made
+
+
+def remove_made_dirs(made: List[Path]) -> None:
+    """Undo `make_dirs`: remove what it created, innermost first, where still empty.
+
+    A directory that holds something now (kept builder logs, another run's output) stays. Never
+    raises: it runs while another error is on its way out.
+    """
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty (or gone): its parents are not empty either
+
+
+def check_out_dir(out_dir: Path, what: str) -> None:
+    """Refuse an ``--out`` that cannot be the directory it names, before anything is built.
+
+    ``--out dist/m.tar`` used to become a directory called ``m.tar`` with the bundle inside;
+    ``--out`` naming an existing file failed only after the build. ``what`` says what goes in it.
+    """
+    from .errors import InputError
+
+    out_dir = Path(out_dir)
+    if out_dir.name.lower().endswith(".tar"):
+        raise InputError(f"--out {out_dir}: is a directory for {what}, not a file name; "
+                         f"pass the directory (e.g. --out {out_dir.parent})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir}: exists and is not a directory; --out is the directory for {what}")

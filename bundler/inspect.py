@@ -25,6 +25,7 @@ prints: the CLI renders the report, escaping every string it took from the bundl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -94,17 +95,26 @@ def typed_manifest(raw: bytes, where: str) -> Tuple[Optional[Manifest], List[str
 
 # -- the pass -----------------------------------------------------------------------------------------
 
-def inspect_bundle(path: Path, limits: Limits = Limits(), *, max_manifest: int = INSPECT_MAX_MANIFEST) -> InspectReport:
+def inspect_bundle(path: Path, limits: Limits = Limits(), *, max_manifest: int = INSPECT_MAX_MANIFEST,
+                   verified_digests: Optional[Dict[str, str]] = None) -> InspectReport:
     """Read a bundle's members, claims and engine headers in one bounded streaming pass.
 
+    ``path`` is a bundle tar or an extracted bundle directory (`_inspect_directory`, same rules).
     ``max_manifest`` is how much of manifest.json is parsed; keep the default unless a signature
-    over this very file has been checked (compare ``sha256`` with the verify report's).
+    over this very file has been checked (compare ``sha256`` with the verify report's; a
+    directory has no whole-file digest, so pass ``verified_digests``, the verify report's
+    path -> SHA-256, and the manifest read here must match it).
     Raises `InputError` for an unreadable file and the strict reader's classes for a tar it
     refuses; never anything else for what a bundle holds.
     """
     path = Path(path)
+    if path.is_dir():
+        try:
+            return _inspect_directory(path, limits, max_manifest, verified_digests)
+        except OSError as e:  # as verify reports a directory it cannot read
+            raise ArchiveError(f"{e.filename or path}: read error ({e.strerror or e})") from None
     if not path.is_file():
-        raise InputError(f"{path}: no such bundle file")
+        raise InputError(f"{path}: no such bundle file or directory")
     rep = InspectReport(bundle=str(path))
     try:
         f = open(path, "rb")
@@ -188,3 +198,63 @@ def _signature(raw: bytes, where: str, rep: InspectReport) -> None:
         rep.signed_subject = subject
     else:
         rep.notes.append(f"{where}: signed subject is not a string; not shown")
+
+
+# -- an extracted directory ---------------------------------------------------------------------------
+
+def _inspect_directory(top: Path, limits: Limits, max_manifest: int,
+                       verified_digests: Optional[Dict[str, str]]) -> InspectReport:
+    """`inspect_bundle` for an extracted bundle directory, under the rules of a tar.
+
+    The walk is verify's (`_walk`): a symlink, a special file, a setuid bit, a name or a count
+    over the limits is refused with the class verify gives it, nothing is followed; files are
+    opened with O_NOFOLLOW and read only up to the same bounds as a tar's members (signatures,
+    manifest), and the manifest goes through the same strict parse and schema as a tar's.
+    """
+    import hashlib
+
+    from runtime_stub.verify import _read_small, _walk  # verify's own directory rules, not a copy
+
+    files, dirs = _walk(top, limits)
+    rep = InspectReport(bundle=str(top), root=top.resolve().name)
+    for rel in sorted(set(files) | dirs):
+        is_dir = rel in dirs
+        mode = os.lstat(top / rel).st_mode & 0o7777
+        rep.members.append(InspectMember(rel, 0 if is_dir else files[rel], f"{mode:04o}", is_dir))
+    sigs = sorted(r for r in files if r.startswith(SIGNATURES_DIR + "/"))
+    for n, rel in enumerate(sigs):
+        where = f"{top}/{rel}"
+        if n >= MAX_SIGNATURES:
+            rep.notes.append(f"more than {MAX_SIGNATURES} signature files; the rest are not parsed")
+            break
+        if files[rel] > MAX_SIGNATURE_SIZE:
+            rep.notes.append(f"{where}: signature file of {files[rel]} bytes is over the limit of {MAX_SIGNATURE_SIZE}; not parsed")
+            continue
+        raw = _read_small(str(top / rel), MAX_SIGNATURE_SIZE)
+        if len(raw) > MAX_SIGNATURE_SIZE:
+            rep.notes.append(f"{where}: signature file grew over the limit of {MAX_SIGNATURE_SIZE}; not parsed")
+            continue
+        _signature(raw, where, rep)
+    if MANIFEST not in files:
+        rep.notes.append(f"{top}: no {MANIFEST}; no manifest fields are shown")
+    elif files[MANIFEST] > max_manifest:
+        rep.notes.append(f"{top}/{MANIFEST}: {files[MANIFEST]} bytes, over the {max_manifest} that inspect parses without "
+                         "a verified signature; no manifest fields are shown")
+    else:
+        raw = _read_small(str(top / MANIFEST), max_manifest)
+        if verified_digests is not None and hashlib.sha256(raw).hexdigest() != verified_digests.get(MANIFEST):
+            raise ArchiveError(f"{top}/{MANIFEST}: changed between verification and inspection", member=f"{top}/{MANIFEST}")
+        if len(raw) > max_manifest:
+            rep.notes.append(f"{top}/{MANIFEST}: grew over the {max_manifest} bytes that inspect parses; no manifest fields are shown")
+        else:
+            rep.manifest, notes = typed_manifest(raw, f"{top}/{MANIFEST}")
+            rep.notes.extend(notes)
+    for rel in sorted(r for r in files if r.endswith(".engine")):
+        head = _read_small(str(top / rel), HEADER_SIZE - 1)[:HEADER_SIZE]
+        try:
+            rep.engine_headers[rel] = parse_header(head, files[rel])
+        except HeaderError as e:
+            rep.engine_headers[rel] = None
+            rep.notes.append(f"{top}/{rel}: {e}")
+    rep.notes.insert(0, UNVERIFIED_NOTE)
+    return rep

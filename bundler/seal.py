@@ -22,7 +22,7 @@ from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_na
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
-from .fsutil import make_workfile, remove_stale
+from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
 from .manifest import (
     MANIFEST,
     RUNTIME_DIR,
@@ -191,6 +191,7 @@ def seal(
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> SealResult:
     """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``."""
+    check_out_dir(Path(out_dir), "NAME-VERSION.bundle.tar")
     records, engines = _collect(build_dirs)
     first_dir, record = records[0]
     root = f"{record.name}-{record.version}"
@@ -253,11 +254,13 @@ def seal(
             check_member_name(f"{root}/{e.path}", Limits(), 0)
         except VerificationError as err:
             raise InputError(f"cannot seal: {err.message} (rename the file; verify would refuse this bundle)") from None
+    made: List[Path] = []
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        made = make_dirs(out_dir)
         remove_stale(out_dir, f".{final.name}.partial-")  # a killed seal's half-written tar
         fd, tmp = make_workfile(out_dir, f".{final.name}.partial-")
     except OSError as e:
+        remove_made_dirs(made)
         raise OutputError(f"{out_dir}: cannot write the bundle there ({e.strerror})") from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
@@ -289,9 +292,11 @@ def seal(
         _publish(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)
         raise OutputError(f"{e.filename or final}: cannot write ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)  # a failed seal leaves no --out it made either
         raise
     return SealResult(final, digest, kid, manifest)
 

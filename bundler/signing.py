@@ -120,6 +120,17 @@ def private_key_is_encrypted(path: Path) -> bool:
         return False
 
 
+def _is_public_key_pem(path: Path) -> bool:
+    """Whether the file's first PEM block is a public key (read at most 64 KiB: a key is small)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 << 10)
+    except OSError:
+        return False  # the caller's own read reports it
+    begin = head.find(b"-----BEGIN ")
+    return begin >= 0 and head.startswith(b"-----BEGIN PUBLIC KEY-----", begin)
+
+
 def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurvePrivateKey:
     """Load a signing key, refusing one that group or others can read."""
     path = Path(path)
@@ -127,6 +138,13 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
         st = path.stat()
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such private key") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyFileError(f"{path}: not a regular file; --key takes the private signing key file (.key)")
+    # What the file is comes before how it is protected: `--key release.pub` is a mix-up of the
+    # pair's two files, and advising `chmod 600` on a public key sends the user the wrong way.
+    if _is_public_key_pem(path):
+        raise KeyFileError(f"{path}: is a public key; --key takes the private signing key (the .key file of the "
+                           f"pair), --trust takes the .pub")
     if st.st_mode & 0o077:
         raise KeyFileError(
             f"{path}: private key is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "

@@ -336,8 +336,10 @@ def create_all(
     """
     from .create import create
     from .errors import OutputError
+    from .fsutil import check_out_dir
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, "the bundles")
     for entry in entries:
         final = out_dir / f"{entry.bundle_name}.bundle.tar"
         if final.exists():
@@ -363,8 +365,10 @@ def build_all(
     """`build` for each entry into ``out_dir/NAME-VERSION`` (build directories to seal later)."""
     from .backends import build
     from .errors import OutputError
+    from .fsutil import check_out_dir
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir, "one NAME-VERSION build directory per model")
     for entry in entries:
         d = out_dir / entry.bundle_name
         if d.exists():

@@ -7,6 +7,7 @@ map to two capabilities in two places of the code.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -82,8 +83,28 @@ def parse_target(text: str) -> Target:
         return Target(f"sm{cc[0]}{cc[1]}", cc)
     known = ", ".join(sorted(GPU_TABLE))
     raise InputError(
-        f"unknown target {text!r}: use a compute capability (sm_86 or 8.6), 'local', 'cpu', or one of: {known}"
+        f"unknown target {text!r}: {_did_you_mean(t)}use a compute capability (sm_86 or 8.6), 'local', 'cpu', "
+        f"or one of: {known}"
     )
+
+
+#: Compute-capability spellings offered as suggestions (any sm_XY parses; these are the real ones).
+_KNOWN_SM = ("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_100", "sm_120", "sm_121")
+
+
+def _did_you_mean(text: str) -> str:
+    """``"did you mean rtx4090? "`` for a near miss, else ``""``.
+
+    A typo in a fleet's GPU name (``rtx4900``) is the most common wrong target, and the list of
+    forty names after it hides the one that was meant. Candidates are the table's names, the
+    keywords and the real compute capabilities; close enough means difflib's ratio >= 0.75.
+    """
+    candidates = sorted(GPU_TABLE) + ["local", "cpu"] + list(_KNOWN_SM)
+    near = difflib.get_close_matches(text, candidates, n=3, cutoff=0.75)
+    if not near:
+        return ""
+    names = near[0] if len(near) == 1 else f"{', '.join(near[:-1])} or {near[-1]}"
+    return f"did you mean {names}? Otherwise "
 
 
 def gpu_names_for(cc: Tuple[int, int]) -> list:

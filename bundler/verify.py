@@ -37,7 +37,7 @@ from runtime_stub.verify import verify_bundle as _verify_bundle
 
 from .archive import CHUNK, DirectFile, Limits
 from .errors import InputError, OutputError
-from .fsutil import make_workdir, remove_stale, rename_noreplace
+from .fsutil import make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
 from .signing import TrustedKey, ecdsa_fast
 
 DIRECT_MIN = CHUNK  # members that fill a whole reader chunk are written with O_DIRECT
@@ -156,17 +156,21 @@ def verify_bundle(
     """
     path = Path(path)
     sink: Optional[_ExtractSink] = None
+    made: List[Path] = []  # parents of DEST this extraction created (mkdir -p), removed if it fails
     if extract_to is not None and path.is_dir():
         raise InputError(f"{path}: is a directory already; extract takes a bundle tar (verify checks a directory)")
     if extract_to is not None and path.is_file():
         extract_to = Path(extract_to)
         if extract_to.exists() or extract_to.is_symlink():
             raise OutputError(f"{extract_to}: already exists; extraction never overwrites")
-        if not extract_to.parent.is_dir():
-            raise OutputError(f"{extract_to.parent}: no such directory")
+        try:
+            made = make_dirs(extract_to.parent)
+        except OSError as e:
+            raise OutputError(f"{e.filename or extract_to.parent}: cannot create the directory ({e.strerror or e})") from None
         try:
             sink = _ExtractSink(extract_to)
         except OSError as e:
+            remove_made_dirs(made)
             raise OutputError(f"{extract_to.parent}: cannot create a staging directory there ({e.strerror})") from None
     try:
         report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast)
@@ -176,8 +180,10 @@ def verify_bundle(
                 report.extracted_to = str(extract_to)
             else:
                 sink.abort()
+                remove_made_dirs(made)
     except BaseException:
         if sink is not None:
             sink.abort()
+        remove_made_dirs(made)
         raise
     return report

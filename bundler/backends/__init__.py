@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Protocol
 
 from ..errors import BuildError, InputError, OutputError
-from ..fsutil import make_workdir, remove_stale, rename_noreplace
+from ..fsutil import make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
 from ..manifest import BuildRecord, EngineRecord, ModelInfo, ShapeRange, to_json
 from ..model import ShapeSpec, load_model, resolve_profile, safe_stem, shape_token
 from ..targets import Target, parse_target
@@ -190,6 +190,7 @@ def build(
     under its final name. When a build fails, every builder log is kept in ``logs_dir`` (default
     ``OUT.failed-logs/``) and the error says where.
     """
+    _check_build_out(Path(out_dir))
     model, profiles, precisions, resolved, calibration = _plan_checks(request)
     golden = None
     if request.golden:
@@ -199,11 +200,13 @@ def build(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
+    made: List[Path] = []
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        made = make_dirs(out_dir.parent)
         remove_stale(out_dir.parent, f".{out_dir.name}.partial-")  # a killed build's staging
         staging = make_workdir(out_dir.parent, f".{out_dir.name}.partial-")
     except OSError as e:
+        remove_made_dirs(made)
         raise OutputError(f"{out_dir.parent}: cannot create the build directory there ({e.strerror})") from None
     try:
         (staging / "model").mkdir()
@@ -244,11 +247,25 @@ def build(
         rename_noreplace(staging, out_dir)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_made_dirs(made)
         raise OutputError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     except BaseException:
+        # Nothing new is left but the builder logs of a failed build (named in the error): the
+        # parents made for --out go again unless those logs now live in them.
         shutil.rmtree(staging, ignore_errors=True)
+        remove_made_dirs(made)
         raise
     return record
+
+
+def _check_build_out(out_dir: Path) -> None:
+    """The build directory's name, checked before the model is even read: a wrong --out should
+    cost nothing. ``--out b.tar`` would make a directory named like a bundle file."""
+    if out_dir.name.lower().endswith(".tar"):
+        raise InputError(f"--out {out_dir}: names a tar file, but build writes a build directory there "
+                         f"(seal it into a bundle with `bundle seal {out_dir.with_suffix('')} --key K`)")
+    if out_dir.exists() or out_dir.is_symlink():
+        raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
 
 
 def _convert_all(request, model, precisions, calibration, golden, staging):  # noqa: ANN001, ANN202
