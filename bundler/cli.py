@@ -818,9 +818,11 @@ def _invoke(argv: List[str]) -> int:
     except exc.ClickException as e:  # any other error click reports (none is expected)
         _error_line("usage", e.format_message())
         return int(e.exit_code)
-    except typer.Abort:  # EOF or Ctrl-C while click itself was prompting
-        _err().print("interrupted", markup=False)
-        return 130
+    except typer.Abort as e:  # EOF, Ctrl-C or SIGTERM before our command ran (click wraps them)
+        cause = e.__cause__
+        code = cause.exit_code if isinstance(cause, Interrupted) else 130
+        _err().print("terminated" if code == 143 else "interrupted", markup=False)
+        return code
     return rc if isinstance(rc, int) else 0
 
 
