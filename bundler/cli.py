@@ -224,17 +224,26 @@ def keys_id(pub: Path = typer.Argument(..., help="A public key PEM.")) -> None:
 _SHAPE_HELP = "INPUT:MIN:OPT:MAX or INPUT:SHAPE, dims like 1x3x640x640 (repeatable)."
 _GOLDEN_HELP = "Store sample inputs and CPU reference outputs for the loader's selftest."
 _SAMPLE_HELP = ".npz with one array per model input (default: random data at the opt shapes)."
+_SAMPLE_VALUE_HELP = ("NAME=VALUE: fill input NAME of the golden inputs with VALUE (true, false, an integer or a "
+                      "number), e.g. sr=16000 (repeatable; not with --sample-input).")
 
 
 def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
              backend: str, golden: bool, sample_input: Optional[Path], precision: List[str], profile: List[str],
-             calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path]):  # noqa: ANN202
+             calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path],
+             sample_value: List[str]):  # noqa: ANN202
     from .spec import request_from_flags  # the same mapping a spec file goes through
 
     profiles = [[p.strip() for p in group.split(",") if p.strip()] for group in profile]
     return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input,
                               precisions=list(precision) or None, profiles=profiles, calibration=calibration,
-                              jobs=jobs, timing_cache=timing_cache)
+                              jobs=jobs, timing_cache=timing_cache, sample_values=list(sample_value))
+
+
+def _warn(warnings: List[str]) -> None:
+    """The build's warnings (golden data made up for a parameter-like input), one line each."""
+    for w in warnings:
+        _say(_err(), Text.assemble(("warning", "yellow"), ": ", printable(w)))
 
 
 _MATRIX_OPTIONS = dict(
@@ -352,6 +361,7 @@ def build_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    sample_value: List[str] = typer.Option([], "--sample-value", help=_SAMPLE_VALUE_HELP),
     precision: List[str] = _MATRIX_OPTIONS["precision"],
     profile: List[str] = _MATRIX_OPTIONS["profile"],
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
@@ -372,8 +382,9 @@ def build_cmd(
                 _engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}")))
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache)
+                       precision, profile, calibration, jobs, timing_cache, sample_value)
         rec = build(req, out, progress=_BuildDisplay())
+        _warn(rec.golden.warnings if rec.golden else [])
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
 
     _run(False, go)
@@ -419,6 +430,7 @@ def create_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    sample_value: List[str] = typer.Option([], "--sample-value", help=_SAMPLE_VALUE_HELP),
     precision: List[str] = _MATRIX_OPTIONS["precision"],
     profile: List[str] = _MATRIX_OPTIONS["profile"],
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
@@ -440,9 +452,11 @@ def create_cmd(
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache)
+                       precision, profile, calibration, jobs, timing_cache, sample_value)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
+        res = create(request, signing_key, out, progress=_BuildDisplay())
+        _warn(res.manifest.golden.warnings if res.manifest.golden else [])
+        _print_seal(res)
 
     _run(False, go)
 
