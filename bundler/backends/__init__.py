@@ -97,10 +97,14 @@ def select_backend(name: str) -> Backend:
     return TensorRTBackend(mod, name)
 
 
-def engine_stem(model: ModelInfo, profile: Dict[str, ShapeRange], target: Target, precision: str) -> str:
-    """``{model}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``."""
-    model_name = safe_stem(Path(model.path).stem)
-    return f"{model_name}_{shape_token(profile, model)}_{precision}_{target.label}"
+def engine_stem(name: str, model: ModelInfo, profile: Dict[str, ShapeRange], target: Target, precision: str) -> str:
+    """``{name}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``.
+
+    ``name`` is the bundle's ``--name``, not the ONNX file's stem: exporters call files
+    ``inference.onnx`` or ``ch_PP-OCRv4_det_infer.onnx``, and the engine should carry the name
+    the bundle is known by (the model file keeps its own name under ``model/``).
+    """
+    return f"{safe_stem(name)}_{shape_token(profile, model)}_{precision}_{target.label}"
 
 
 @dataclass(frozen=True)
@@ -244,7 +248,7 @@ def build(
         jobs = []
         for precision in precisions:
             for backend, target in resolved:
-                stem = engine_stem(model, profiles[0], target, precision)
+                stem = engine_stem(request.name, model, profiles[0], target, precision)
                 jobs.append(Job(
                     stem=stem, backend=backend.name, target=target, precision=precision, model=model,
                     model_path=graphs[precision], source_path=Path(request.model),
