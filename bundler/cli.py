@@ -378,8 +378,11 @@ def build_cmd(
         if spec is not None:
             from .spec import build_all, load_spec
 
-            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=lambda _e, d, rec: _out().print(
-                _engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}")))
+            def built(_e, d, rec) -> None:  # noqa: ANN001
+                _warn(rec.golden.warnings if rec.golden else [])
+                _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}"))
+
+            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=built)
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value)
@@ -449,7 +452,11 @@ def create_cmd(
 
             entries = load_spec(spec)  # every model checked before the key is asked for or anything built
             signing_key = _load_signing_key(key)
-            create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
+            def sealed(_e, res) -> None:  # noqa: ANN001
+                _warn(res.manifest.golden.warnings if res.manifest.golden else [])
+                _print_seal(res)
+
+            create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=sealed)
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value)
