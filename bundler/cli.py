@@ -224,17 +224,20 @@ def keys_id(pub: Path = typer.Argument(..., help="A public key PEM.")) -> None:
 _SHAPE_HELP = "INPUT:MIN:OPT:MAX or INPUT:SHAPE, dims like 1x3x640x640 (repeatable)."
 _GOLDEN_HELP = "Store sample inputs and CPU reference outputs for the loader's selftest."
 _SAMPLE_HELP = ".npz with one array per model input (default: random data at the opt shapes)."
+_SAMPLE_VALUE_HELP = ("NAME=VALUE: fill input NAME of the golden inputs with VALUE (true, false, an integer or a "
+                      "number), e.g. sr=16000 (repeatable; not with --sample-input).")
 
 
 def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
              backend: str, golden: bool, sample_input: Optional[Path], precision: List[str], profile: List[str],
-             calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path]):  # noqa: ANN202
+             calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path],
+             sample_value: List[str]):  # noqa: ANN202
     from .spec import request_from_flags  # the same mapping a spec file goes through
 
     profiles = [[p.strip() for p in group.split(",") if p.strip()] for group in profile]
     return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input,
                               precisions=list(precision) or None, profiles=profiles, calibration=calibration,
-                              jobs=jobs, timing_cache=timing_cache)
+                              jobs=jobs, timing_cache=timing_cache, sample_values=list(sample_value))
 
 
 _MATRIX_OPTIONS = dict(
@@ -254,12 +257,14 @@ def _precision_options(request, keep_fp32: List[str], accept_accuracy_loss: bool
     return request
 
 
-def _print_warnings(variants) -> None:  # noqa: ANN001 - PrecisionVariant list
-    """What a builder must read before shipping, last, where it is seen (stderr)."""
+def _print_warnings(record) -> None:  # noqa: ANN001 - a BuildRecord or Manifest
+    """What a builder must read before shipping, last, where it is seen (stderr): golden data
+    made up for a parameter-like input, accuracy of the precision variants, calibration."""
     from .precision import variant_warnings
 
-    for w in variant_warnings(variants):
-        _say(_err(), _line("warning: ", w))
+    golden = record.golden.warnings if record.golden else []
+    for w in list(golden) + variant_warnings(record.variants):
+        _say(_err(), Text.assemble(("warning", "yellow"), ": ", printable(w)))
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
@@ -368,6 +373,7 @@ def build_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    sample_value: List[str] = typer.Option([], "--sample-value", help=_SAMPLE_VALUE_HELP),
     precision: List[str] = _MATRIX_OPTIONS["precision"],
     profile: List[str] = _MATRIX_OPTIONS["profile"],
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
@@ -386,14 +392,17 @@ def build_cmd(
         if spec is not None:
             from .spec import build_all, load_spec
 
-            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=lambda _e, d, rec: _out().print(
-                _engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}")))
+            def built(_e, d, rec) -> None:  # noqa: ANN001
+                _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}"))
+                _print_warnings(rec)
+
+            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=built)
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache)
+                       precision, profile, calibration, jobs, timing_cache, sample_value)
         rec = build(_precision_options(req, keep_fp32, accept_accuracy_loss), out, progress=_BuildDisplay())
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
-        _print_warnings(rec.variants)
+        _print_warnings(rec)
 
     _run(False, go)
 
@@ -404,7 +413,7 @@ def _print_seal(res) -> None:  # noqa: ANN001
     _say(c, _line("sha256:  ", res.sha256))
     _say(c, _line("key id:  ", res.key_id))
     c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
-    _print_warnings(res.manifest.variants)
+    _print_warnings(res.manifest)
 
 
 @app.command("seal")
@@ -439,6 +448,7 @@ def create_cmd(
     backend: str = typer.Option("auto", "--backend", help="auto, tensorrt or tensorrt-rtx."),
     golden: bool = typer.Option(True, "--golden/--no-golden", help=_GOLDEN_HELP),
     sample_input: Optional[Path] = typer.Option(None, "--sample-input", help=_SAMPLE_HELP),
+    sample_value: List[str] = typer.Option([], "--sample-value", help=_SAMPLE_VALUE_HELP),
     precision: List[str] = _MATRIX_OPTIONS["precision"],
     profile: List[str] = _MATRIX_OPTIONS["profile"],
     calibration: Optional[Path] = _MATRIX_OPTIONS["calibration"],
@@ -462,7 +472,7 @@ def create_cmd(
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache)
+                       precision, profile, calibration, jobs, timing_cache, sample_value)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
         request = _precision_options(request, keep_fp32, accept_accuracy_loss)
         _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-from .errors import InputError
+from .errors import InputError, printable
 from .manifest import Dim, ModelInfo, ShapeRange, TensorSpec
 
 HASH_CHUNK = 1 << 20
@@ -196,6 +196,21 @@ def shared_dims(model: ModelInfo) -> Dict[str, List[Tuple[str, int]]]:
     return {k: v for k, v in uses.items() if len(v) > 1}
 
 
+def inputs_needing_shape(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> List[TensorSpec]:
+    """Inputs without a ``--shape`` that have a dynamic axis other than the leading batch axis
+    (a batch-only input defaults to batch 1, which is always safe)."""
+    given = {s.name for s in shapes}
+    return [
+        t for t in model.inputs
+        if t.name not in given and [i for i, d in enumerate(t.shape) if not isinstance(d, int)] not in ([], [0])
+    ]
+
+
+def default_shape(t: TensorSpec) -> Tuple[int, ...]:
+    """The shape an input without ``--shape`` gets: its static dims, batch 1."""
+    return tuple(1 if not isinstance(d, int) else int(d) for d in t.shape)
+
+
 def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, ShapeRange]:
     """Turn the model's IO spec plus ``--shape`` arguments into one optimization profile.
 
@@ -216,19 +231,21 @@ def resolve_profile(model: ModelInfo, shapes: Sequence[ShapeSpec]) -> Dict[str, 
             )
         if seen[s.name] > 1:
             raise InputError(f"--shape given twice for input {s.name!r}")
+    need = inputs_needing_shape(model, shapes)
+    if need:
+        from .shapes import describe
+
+        raise InputError(
+            f"dynamic dims need --shape NAME:MIN:OPT:MAX for {', '.join(repr(printable(t.name)) for t in need)}: "
+            f"{describe(need, model.inputs)}"
+        )
     profile: Dict[str, ShapeRange] = {}
     symbols: Dict[str, Tuple[str, int, Tuple[int, int, int]]] = {}
     for t in model.inputs:
-        dynamic = [i for i, d in enumerate(t.shape) if not isinstance(d, int)]
         spec = by_name.get(t.name)
         if spec is None:
-            if dynamic and dynamic != [0]:
-                raise InputError(
-                    f"input {t.name!r} has dynamic dims [{_fmt(t.shape)}]; pass --shape {t.name}:MIN:OPT:MAX "
-                    f"(for example --shape {t.name}:{_example(t.shape)})"
-                )
-            static = [1 if not isinstance(d, int) else int(d) for d in t.shape]
-            spec = ShapeSpec(t.name, tuple(static), tuple(static), tuple(static))
+            static = default_shape(t)
+            spec = ShapeSpec(t.name, static, static, static)
         if len(spec.min) != len(t.shape):
             raise InputError(
                 f"--shape for {t.name!r} has rank {len(spec.min)}, but the model's input has rank {len(t.shape)} "
@@ -292,12 +309,6 @@ def fix_shared_dims(src: Path, out: Path) -> Dict[str, str]:
         onnx.checker.check_model(model)
         onnx.save(model, str(out))
     return renames
-
-
-def _example(shape: Iterable[Dim]) -> str:
-    lo = "x".join(str(d) if isinstance(d, int) else "1" for d in shape)
-    hi = "x".join(str(d) if isinstance(d, int) else "8" for d in shape)
-    return f"{lo}:{hi}:{hi}"
 
 
 def shape_token(profile: Dict[str, ShapeRange], model: ModelInfo) -> str:

@@ -12,10 +12,11 @@ are each one `InputError` (exit 3) naming the file and the key.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .backends import BuildRequest
 from .errors import BundleError, InputError
@@ -31,7 +32,7 @@ BACKENDS = ("auto", "tensorrt", "tensorrt-rtx")
 _PER_MODEL_ONLY = ("name", "path")
 _SHARED = (
     "version", "targets", "precisions", "shapes", "profiles", "workspace", "backend", "golden",
-    "sample_input", "calibration", "jobs", "timing_cache",
+    "sample_input", "sample_values", "calibration", "jobs", "timing_cache",
 )
 MODEL_KEYS = _PER_MODEL_ONLY + _SHARED
 DEFAULT_KEYS = _SHARED
@@ -54,12 +55,15 @@ def request_from_flags(
     calibration: Optional[Union[str, Path]] = None,
     jobs: Optional[int] = None,
     timing_cache: Optional[Union[str, Path]] = None,
+    sample_values: Union[Sequence[str], Mapping[str, Any]] = (),
 ) -> BuildRequest:
     """The one place where textual build options become a `BuildRequest`.
 
     Both the CLI flags and spec files come through here. ``shapes`` and each entry of
     ``profiles`` are ``INPUT:MIN:OPT:MAX`` strings; ``workspace`` is a byte count or a size like
     ``2G``; ``precisions`` defaults to the precision the source graph carries (no conversion).
+    ``sample_values`` is ``NAME=VALUE`` strings (``--sample-value``) or a mapping (a spec's
+    ``sample_values`` table); both become one dict, so flags and spec give equal requests.
     """
     from .model import parse_shape, parse_size
 
@@ -86,7 +90,31 @@ def request_from_flags(
         calibration=Path(calibration) if calibration is not None else None,
         jobs=jobs,
         timing_cache=Path(timing_cache) if timing_cache is not None else None,
+        sample_values=_sample_values(sample_values),
     )
+
+
+def _sample_values(given: Union[Sequence[str], Mapping[str, Any]]) -> Dict[str, Any]:
+    from .golden import parse_sample_value, parse_scalar
+
+    if isinstance(given, Mapping):
+        out = {}
+        for k, v in given.items():
+            if isinstance(v, str):
+                v = parse_scalar(v, f"sample value {k!r}")
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"sample value {k!r}: the value must be finite")
+            elif not isinstance(v, (bool, int, float)):
+                raise InputError(f"sample value {k!r}: expected true, false, an integer or a number")
+            out[str(k)] = v
+        return out
+    out = {}
+    for arg in given:
+        name, v = parse_sample_value(arg)
+        if name in out:
+            raise InputError(f"--sample-value given twice for input {name!r}")
+        out[name] = v
+    return out
 
 
 def _precisions(values: Sequence[str]) -> List[str]:
@@ -216,6 +244,13 @@ def _check_value(ctx: _Ctx, key: str, v: Any, base: Path) -> Any:
             if s not in BACKENDS:
                 raise ctx.error(key, f"unknown backend {s!r}: use {', '.join(BACKENDS)}")
             return s
+        if key == "sample_values":
+            if not isinstance(v, dict):
+                raise ctx.error(key, f"expected a table of input = value, e.g. {{ sr = 16000 }}, got {_type_name(v)}")
+            for name, x in v.items():
+                if isinstance(x, (dict, list)) or x is None:
+                    raise ctx.error(key, f"input {name!r}: expected true, false, an integer or a number, got {_type_name(x)}")
+            return _sample_values(v)
         if key == "golden":
             if not isinstance(v, bool):
                 raise ctx.error(key, f"expected true or false, got {_type_name(v)}")

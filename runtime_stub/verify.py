@@ -828,6 +828,10 @@ class GoldenInfo:
     reference: str
     source: str
     tolerances: Dict[str, Tolerance]
+    # per input, how its golden data was made ("random integers 0-9", "16000 (--sample-value)"):
+    # a reviewer can tell a real sample rate from a made-up one. Empty in older manifests.
+    values: Dict[str, str] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -191,5 +191,6 @@ def test_dynamic_batch_defaults_to_one_other_dynamic_dims_need_a_shape(tmp_path,
     out = tmp_path / "o2"
     r = run_bundle("create", path, "--name", "d", "--version", "1.0.0", "--key", keys["release"]["key"], "--out", out,
                    "--target", "sm_86", "--backend", "tensorrt-rtx")
-    assert r.code == 3 and "pass --shape img:MIN:OPT:MAX" in r.err
+    assert r.code == 3 and "input img has dynamic dims and needs --shape NAME:MIN:OPT:MAX: img: N x 3 x H x W" in r.err
+    assert "--shape img:1x3x640x640:1x3x640x640:4x3x640x640" in r.err  # a shape onnxruntime ran
     assert not (out / "d-1.0.0.bundle.tar").exists()

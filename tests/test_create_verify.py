@@ -120,7 +120,8 @@ def test_real_model_from_onnx_wheel_two_targets(tmp_path, keys):
     assert r.code == 0, r.err
     bundle = tmp_path / "squeezenet-2.1.0-rc.1.bundle.tar"
     assert str(bundle) in r.out
-    assert "light-squeezenet_224x224_fp32_t4.engine" in r.out
+    # engines carry the bundle's --name, not the ONNX file's stem (light_squeezenet)
+    assert "squeezenet_224x224_fp32_t4.engine" in r.out and "light-squeezenet" not in r.out
     r = run_bundle("verify", bundle, "--trust", keys["release"]["pub"], "--json")
     assert r.code == 0, r.err
     rep = r.json()

@@ -41,7 +41,7 @@ def test_matrix_of_engines_and_recorded_accuracy(squeezenet_fleet, keys):
     got = sorted((e["target"]["label"], e["build"]["precision"]) for e in m["engines"])
     assert got == sorted((t, p) for t in ("sm86", "rtx5090") for p in ("fp32", "fp16", "int8"))
     for e in m["engines"]:
-        assert e["path"].endswith(f"_{e['build']['precision']}_{e['target']['label']}.engine")
+        assert e["path"] == f"engines/squeezenet_224x224_{e['build']['precision']}_{e['target']['label']}.engine"
         assert e["header"]["cc"] == [e["target"]["cc"]]
     variants = {v["precision"]: v for v in m["variants"]}
     assert set(variants) == {"fp16", "int8"}

@@ -149,6 +149,7 @@ workspace = 1073741824
 backend = "tensorrt-rtx"
 golden = false
 sample_input = "s.npz"
+sample_values = {{ x = 0.5, flag = true, n = "7" }}
 calibration = "calib"
 timing_cache = "cache/tc.bin"
 """)
@@ -157,8 +158,10 @@ timing_cache = "cache/tc.bin"
         tmp_path / "m.onnx", "m", "0.1.0", ["sm_86", "l4"], [SHAPE], "1G", "tensorrt-rtx", False, tmp_path / "s.npz",
         precisions=["fp32", "fp16"], profiles=[["x:1x3x16x16:1x3x16x16:1x3x16x16"], ["x:4x3x16x16:4x3x16x16:4x3x16x16"]],
         calibration=tmp_path / "calib", jobs=2, timing_cache=tmp_path / "cache" / "tc.bin",
+        sample_values=["x=0.5", "flag=true", "n=7"],
     )
     assert entry.request == want
+    assert entry.request.sample_values == {"x": 0.5, "flag": True, "n": 7}
     assert entry.bundle_name == "m-0.1.0"
     assert len(entry.request.profiles) == 2 and entry.request.workspace == 1 << 30
 

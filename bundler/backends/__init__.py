@@ -20,12 +20,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol, Union
 
 from ..errors import BuildError, InputError, OutputError
 from ..fsutil import make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
 from ..manifest import BuildRecord, EngineRecord, ModelInfo, ShapeRange, to_json
-from ..model import ShapeSpec, load_model, resolve_profile, safe_stem, shape_token
+from ..model import ShapeSpec, default_shape, inputs_needing_shape, load_model, resolve_profile, safe_stem, shape_token
 from ..targets import Target, parse_target
 
 BUILD_RECORD = "build.json"
@@ -44,6 +44,8 @@ class BuildRequest:
     backend: str = "auto"
     golden: bool = True  # store sample inputs and CPU reference outputs for the loader's selftest
     sample_input: Optional[Path] = None  # .npz with one array per input; random data otherwise
+    # --sample-value NAME=VALUE: one value for a whole input (a sample rate, a flag), no .npz needed
+    sample_values: Dict[str, Union[bool, int, float]] = field(default_factory=dict)
     precisions: Optional[List[str]] = None  # targets x precisions; None = the graph's own precision
     profiles: List[List[ShapeSpec]] = field(default_factory=list)  # extra optimization profiles
     calibration: Optional[Path] = None  # .npz (or a directory of them) for int8/fp8
@@ -96,10 +98,14 @@ def select_backend(name: str) -> Backend:
     return TensorRTBackend(mod, name)
 
 
-def engine_stem(model: ModelInfo, profile: Dict[str, ShapeRange], target: Target, precision: str) -> str:
-    """``{model}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``."""
-    model_name = safe_stem(Path(model.path).stem)
-    return f"{model_name}_{shape_token(profile, model)}_{precision}_{target.label}"
+def engine_stem(name: str, model: ModelInfo, profile: Dict[str, ShapeRange], target: Target, precision: str) -> str:
+    """``{name}_{shape}_{precision}_{gpu}``, e.g. ``yolov8s_640x640_fp16_rtx4090``.
+
+    ``name`` is the bundle's ``--name``, not the ONNX file's stem: exporters call files
+    ``inference.onnx`` or ``ch_PP-OCRv4_det_infer.onnx``, and the engine should carry the name
+    the bundle is known by (the model file keeps its own name under ``model/``).
+    """
+    return f"{safe_stem(name)}_{shape_token(profile, model)}_{precision}_{target.label}"
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,13 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
     targets = [parse_target(t) for t in request.targets]
     model = load_model(request.model)
     _check_member_name(model.path)
+    _check_golden_flags(request, model)
+    need = inputs_needing_shape(model, request.shapes)
+    if need:  # every input at once, with shapes onnxruntime ran (seconds, and only on this error path)
+        from ..shapes import shape_advice
+
+        raise InputError(shape_advice(request.model, model, need, _settled_shapes(model, request.shapes),
+                                      request.sample_values))
     profiles = [resolve_profile(model, request.shapes)] + [resolve_profile(model, p) for p in request.profiles]
     precisions = supported(request.precisions) if request.precisions else [model.precision]
     if model.precision != "fp32" and precisions != [model.precision]:
@@ -169,6 +182,26 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
     return model, profiles, precisions, resolved, calibration
 
 
+def _check_golden_flags(request: BuildRequest, model: ModelInfo) -> None:
+    """--sample-value: names and dtypes, before any build (they also feed the shape advice)."""
+    from ..golden import check_sample_values
+
+    if request.sample_values and request.sample_input is not None:
+        raise InputError("--sample-value and --sample-input both set golden inputs; give one of them")
+    check_sample_values(model, request.sample_values)
+
+
+def _settled_shapes(model: ModelInfo, shapes: List[ShapeSpec]) -> Dict[str, ShapeRange]:
+    """Ranges of the inputs whose shape is already settled: given with --shape, or batch-only."""
+    need = {t.name for t in inputs_needing_shape(model, shapes)}
+    out = {s.name: ShapeRange(list(s.min), list(s.opt), list(s.max)) for s in shapes}
+    for t in model.inputs:
+        if t.name not in out and t.name not in need:
+            d = list(default_shape(t))
+            out[t.name] = ShapeRange(d, d, d)
+    return out
+
+
 def _check_member_name(rel: str) -> None:
     """Refuse, before building, a model file name that would make an unverifiable bundle."""
     from ..archive import Limits, check_member_name
@@ -196,7 +229,7 @@ def build(
     if request.golden:
         from ..golden import make_golden
 
-        golden = make_golden(request.model, model, profiles[0], request.sample_input)
+        golden = make_golden(request.model, model, profiles[0], request.sample_input, values=request.sample_values)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
@@ -224,7 +257,7 @@ def build(
         jobs = []
         for precision in precisions:
             for backend, target in resolved:
-                stem = engine_stem(model, profiles[0], target, precision)
+                stem = engine_stem(request.name, model, profiles[0], target, precision)
                 jobs.append(Job(
                     stem=stem, backend=backend.name, target=target, precision=precision, model=model,
                     model_path=graphs[precision], source_path=Path(request.model),
