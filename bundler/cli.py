@@ -231,13 +231,14 @@ _SAMPLE_VALUE_HELP = ("NAME=VALUE: fill input NAME of the golden inputs with VAL
 def _request(model: Path, name: str, version: str, target: List[str], shape: List[str], workspace: Optional[str],
              backend: str, golden: bool, sample_input: Optional[Path], precision: List[str], profile: List[str],
              calibration: Optional[Path], jobs: Optional[int], timing_cache: Optional[Path],
-             sample_value: List[str]):  # noqa: ANN202
+             sample_value: List[str], keep_fp32: List[str], accept_accuracy_loss: bool):  # noqa: ANN202
     from .spec import request_from_flags  # the same mapping a spec file goes through
 
     profiles = [[p.strip() for p in group.split(",") if p.strip()] for group in profile]
     return request_from_flags(model, name, version, target, shape, workspace, backend, golden, sample_input,
                               precisions=list(precision) or None, profiles=profiles, calibration=calibration,
-                              jobs=jobs, timing_cache=timing_cache, sample_values=list(sample_value))
+                              jobs=jobs, timing_cache=timing_cache, sample_values=list(sample_value),
+                              keep_fp32=list(keep_fp32), accept_accuracy_loss=accept_accuracy_loss)
 
 
 _MATRIX_OPTIONS = dict(
@@ -249,12 +250,6 @@ _MATRIX_OPTIONS = dict(
     keep_fp32=typer.Option([], "--keep-fp32", help="fp16/bf16: leave this node in fp32 (repeatable), or 'auto' to find the nodes the graph needs to meet its selftest tolerance."),
     accept_accuracy_loss=typer.Option(False, "--accept-accuracy-loss", help="Build a variant measured outside its selftest tolerance anyway (recorded in the manifest)."),
 )
-
-
-def _precision_options(request, keep_fp32: List[str], accept_accuracy_loss: bool):  # noqa: ANN001, ANN202
-    request.keep_fp32 = [k.strip() for k in keep_fp32 if k.strip()]
-    request.accept_accuracy_loss = accept_accuracy_loss
-    return request
 
 
 def _print_warnings(record) -> None:  # noqa: ANN001 - a BuildRecord or Manifest
@@ -399,8 +394,8 @@ def build_cmd(
             build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=built)
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache, sample_value)
-        rec = build(_precision_options(req, keep_fp32, accept_accuracy_loss), out, progress=_BuildDisplay())
+                       precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
+        rec = build(req, out, progress=_BuildDisplay())
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
         _print_warnings(rec)
 
@@ -472,9 +467,8 @@ def create_cmd(
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
-                       precision, profile, calibration, jobs, timing_cache, sample_value)
+                       precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        request = _precision_options(request, keep_fp32, accept_accuracy_loss)
         _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
 
     _run(False, go)

@@ -341,7 +341,7 @@ def _run_cpu(model: "object", inputs: Dict[str, np.ndarray], optimize: bool = Tr
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # not even errors: the exception carries them, as one line of ours
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model if isinstance(model, (str, Path)) else model.SerializeToString()  # type: ignore[attr-defined]
@@ -585,7 +585,7 @@ class _Captured:
         self._stdout = io.StringIO()
         self._redirect = contextlib.redirect_stdout(self._stdout)
         self._redirect.__enter__()
-        ort.set_default_logger_severity(3)
+        ort.set_default_logger_severity(4)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,7 +32,7 @@ BACKENDS = ("auto", "tensorrt", "tensorrt-rtx")
 _PER_MODEL_ONLY = ("name", "path")
 _SHARED = (
     "version", "targets", "precisions", "shapes", "profiles", "workspace", "backend", "golden",
-    "sample_input", "sample_values", "calibration", "jobs", "timing_cache",
+    "sample_input", "sample_values", "calibration", "jobs", "timing_cache", "keep_fp32", "accept_accuracy_loss",
 )
 MODEL_KEYS = _PER_MODEL_ONLY + _SHARED
 DEFAULT_KEYS = _SHARED
@@ -56,6 +56,8 @@ def request_from_flags(
     jobs: Optional[int] = None,
     timing_cache: Optional[Union[str, Path]] = None,
     sample_values: Union[Sequence[str], Mapping[str, Any]] = (),
+    keep_fp32: Sequence[str] = (),
+    accept_accuracy_loss: bool = False,
 ) -> BuildRequest:
     """The one place where textual build options become a `BuildRequest`.
 
@@ -91,6 +93,8 @@ def request_from_flags(
         jobs=jobs,
         timing_cache=Path(timing_cache) if timing_cache is not None else None,
         sample_values=_sample_values(sample_values),
+        keep_fp32=[k.strip() for k in keep_fp32 if k.strip()],
+        accept_accuracy_loss=accept_accuracy_loss,
     )
 
 
@@ -251,7 +255,9 @@ def _check_value(ctx: _Ctx, key: str, v: Any, base: Path) -> Any:
                 if isinstance(x, (dict, list)) or x is None:
                     raise ctx.error(key, f"input {name!r}: expected true, false, an integer or a number, got {_type_name(x)}")
             return _sample_values(v)
-        if key == "golden":
+        if key == "keep_fp32":
+            return _check_str_list(ctx, key, v)
+        if key in ("golden", "accept_accuracy_loss"):
             if not isinstance(v, bool):
                 raise ctx.error(key, f"expected true or false, got {_type_name(v)}")
             return v

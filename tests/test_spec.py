@@ -152,15 +152,18 @@ sample_input = "s.npz"
 sample_values = {{ x = 0.5, flag = true, n = "7" }}
 calibration = "calib"
 timing_cache = "cache/tc.bin"
+keep_fp32 = ["auto", "Conv_0"]
+accept_accuracy_loss = true
 """)
     (entry,) = load_spec(spec)
     want = request_from_flags(
         tmp_path / "m.onnx", "m", "0.1.0", ["sm_86", "l4"], [SHAPE], "1G", "tensorrt-rtx", False, tmp_path / "s.npz",
         precisions=["fp32", "fp16"], profiles=[["x:1x3x16x16:1x3x16x16:1x3x16x16"], ["x:4x3x16x16:4x3x16x16:4x3x16x16"]],
         calibration=tmp_path / "calib", jobs=2, timing_cache=tmp_path / "cache" / "tc.bin",
-        sample_values=["x=0.5", "flag=true", "n=7"],
+        sample_values=["x=0.5", "flag=true", "n=7"], keep_fp32=["auto", "Conv_0"], accept_accuracy_loss=True,
     )
     assert entry.request == want
+    assert entry.request.keep_fp32 == ["auto", "Conv_0"] and entry.request.accept_accuracy_loss is True
     assert entry.request.sample_values == {"x": 0.5, "flag": True, "n": 7}
     assert entry.bundle_name == "m-0.1.0"
     assert len(entry.request.profiles) == 2 and entry.request.workspace == 1 << 30

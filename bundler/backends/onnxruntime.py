@@ -45,7 +45,7 @@ class OnnxRuntimeBackend:
         on_stage("building")
         shutil.copyfile(job.model_path, job.engine_path)
         opts = self.ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # the exception carries any error, as our one line
         try:
             sess = self.ort.InferenceSession(str(job.engine_path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001
