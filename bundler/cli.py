@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Make signing keys and show key ids.")
 app.add_typer(keys_app, name="keys")
+policy_app = typer.Typer(no_args_is_help=True, help="Trust policies: sign a successor, check a rotation chain.")
+app.add_typer(policy_app, name="policy")
 
 
 # Output rule: every string that comes from a bundle, a model, a build record or the command line
@@ -207,6 +209,76 @@ def keys_generate(
         _say(_err(), _line("private key: ", k.private_path) + Text(f" (mode 0600{'' if passphrase else ', NOT encrypted'})"))
         _say(_err(), _line("public key:  ", k.public_path))
         print(k.key_id)
+
+    _run(False, go)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    old: Path = typer.Argument(..., help="The private key being retired (it signs the statement)."),
+    new: Path = typer.Option(..., "--new", help="The successor's public key (.pub)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the rotation statement (JSON; never overwritten)."),
+) -> None:
+    """Write a rotation statement, signed by the old key, naming the new one (docs/trust-policy.md)."""
+    from .policy import write_rotation
+
+    def go() -> None:
+        key = _load_signing_key(old)
+        try:
+            pem = new.read_bytes()
+        except OSError as e:
+            raise KeyFileError(f"{new}: cannot read ({e.strerror})") from None
+        doc = write_rotation(key, pem, out)
+        _say(_out(), _line("rotation: ", doc["old"], "->", doc["new"]))
+        _say(_out(), _line("written:  ", out))
+
+    _run(False, go)
+
+
+@keys_app.command("verify-rotation")
+def keys_verify_rotation(statement: Path = typer.Argument(..., help="A rotation statement made by `bundle keys rotate`.")) -> None:
+    """Check a rotation statement's signature by the old key; print old and new key ids (exit 11 if invalid)."""
+    from runtime_stub.verify import _read_bounded, verify_rotation
+
+    def go() -> None:
+        raw = _read_bounded(statement, 1 << 20, KeyFileError, "rotation statement")
+        old, new, date = verify_rotation(raw, str(statement))
+        _say(_out(), _line("rotation: ", old, "->", new, f"(signed by the old key, {date})"))
+
+    _run(False, go)
+
+
+@policy_app.command("update")
+def policy_update(
+    old: Path = typer.Argument(..., help="The policy hosts trust now."),
+    new: Path = typer.Argument(..., help="Its successor (a higher version), to sign."),
+    key: List[Path] = typer.Option(..., "--key", help="A policy signer's private key (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the signed policy here (default: NEW, in place)."),
+) -> None:
+    """Sign NEW as the successor of OLD with policy signers' keys (TUF-style rotation)."""
+    from .policy import sign_policy_update
+
+    def go() -> None:
+        keys = [_load_signing_key(k) for k in key]
+        pol, counted, threshold = sign_policy_update(old, new, keys, out)
+        _say(_out(), _line("policy:   ", out or new, f"version {pol.version}"))
+        state = "ready: hosts on the old policy will accept it" if counted >= threshold else "needs more signers"
+        _say(_out(), Text(f"signed:   {counted} of the {threshold} policy signers required ({state})"))
+
+    _run(False, go)
+
+
+@policy_app.command("verify")
+def policy_verify(
+    chain: List[Path] = typer.Argument(..., help="The policy this host trusts now, then each newer one in order."),
+) -> None:
+    """Check that each policy is a valid successor of the one before (exit 11 if not)."""
+    from .policy import verify_chain
+
+    def go() -> None:
+        policies = verify_chain(chain)
+        for p in policies[1:]:
+            _say(_out(), _line("accepted: ", p.source, f"version {p.version}"))
 
     _run(False, go)
 
@@ -476,14 +548,15 @@ def create_cmd(
 
 # -- verify / extract / inspect ---------------------------------------------------------------
 
-def _trust(paths: List[Path]):  # noqa: ANN202
-    """Trusted keys: the --trust flags, else BUNDLE_TRUST, by the one rule verify.py and the
-    loader use (`trust_paths`), so every entry point reads trust the same way."""
-    from runtime_stub.verify import trust_paths
+def _trust(paths: List[Path], policy: Optional[Path] = None):  # noqa: ANN202
+    """What this host trusts: --policy or BUNDLE_POLICY (a policy file), else --trust or
+    BUNDLE_TRUST (key files), by the one rule verify.py and the loader use (`trust_from_args`)."""
+    from runtime_stub.verify import trust_from_args
 
-    from .signing import load_trust
+    return trust_from_args([str(p) for p in paths], str(policy) if policy else None)
 
-    return load_trust([Path(p) for p in trust_paths([str(p) for p in paths])])
+
+_POLICY_OPTION = typer.Option(None, "--policy", help="Trust policy file (default: $BUNDLE_POLICY); replaces --trust.")
 
 
 def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
@@ -492,14 +565,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
     c = _out()
     if rep.ok:
         _say(c, Text.assemble(("VERIFIED", "bold green"), " ", printable(f"{rep.name} {rep.version}  ({rep.bundle})")))
-    for s in rep.signers:
-        if s.valid:
-            state = "trusted, valid"
-        elif s.valid is False:
-            state = "INVALID under the trusted keys"
-        else:
-            state = "untrusted key, not checked"
-        _say(c, Text(f"signer:  {shown_key_id(s.key_id)}  [{state}]"))
+    from runtime_stub.verify import signer_lines
+
+    for line in signer_lines(rep):
+        _say(c, Text(line))
     if rep.sha256:
         _say(c, _line("sha256:  ", rep.sha256))
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -525,11 +594,12 @@ def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
     raise typer.Exit(rep.exit_code)
 
 
-def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path]) -> None:
+def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path],
+                 policy: Optional[Path] = None) -> None:
     from .verify import verify_bundle
 
     def go() -> None:
-        trusted = _trust(trust)
+        trusted = _trust(trust, policy)
         with _Bar("verifying" if dest is None else "extracting") as bar:
             rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update)
         if json_mode:
@@ -548,28 +618,31 @@ def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host:
 def verify_cmd(
     bundle: Path = typer.Argument(..., help="A .bundle.tar file, or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
+    policy: Optional[Path] = _POLICY_OPTION,
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
 ) -> None:
     """Verify a bundle against trusted keys in one streaming pass. Exit 0 only if every check holds."""
-    _verify_like(bundle, trust, json_mode, require_host, None)
+    _verify_like(bundle, trust, json_mode, require_host, None, policy)
 
 
 @app.command("extract")
 def extract_cmd(
     bundle: Path = typer.Argument(..., help="A .bundle.tar file."),
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
+    policy: Optional[Path] = _POLICY_OPTION,
     dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
 ) -> None:
     """Verify while extracting into a staging directory; move it to DEST only when all checks pass."""
-    _verify_like(bundle, trust, json_mode, False, dest)
+    _verify_like(bundle, trust, json_mode, False, dest, policy)
 
 
 @app.command("inspect")
 def inspect_cmd(
     bundle: Path = typer.Argument(..., help="A .bundle.tar file, or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Verify too, against these trusted keys."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Verify too, under this trust policy file."),
     json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
 ) -> None:
     """Show metadata, signers, files, targets and engine headers without extracting."""
@@ -579,7 +652,7 @@ def inspect_cmd(
     def go() -> None:
         # With --trust, verify first and on its own terms: the same verdict, error line and exit
         # code as `bundle verify`, and nothing of a bundle that fails it is parsed for display.
-        vrep = verify_bundle(bundle, _trust(trust)) if trust else None
+        vrep = verify_bundle(bundle, _trust(trust, policy)) if trust or policy else None
         v = vrep.to_dict() if vrep is not None else None
         if vrep is not None and not vrep.ok:
             if json_mode:
@@ -768,12 +841,13 @@ def run_cmd(
     ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="A .bundle.tar file or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
+    policy: Optional[Path] = _POLICY_OPTION,
 ) -> None:
     """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
     from .runtime import run_loader
 
     def go() -> None:
-        code = run_loader(bundle, _trust(trust), list(trust), ctx.args)
+        code = run_loader(bundle, _trust(trust, policy), list(trust), ctx.args, policy)
         raise typer.Exit(code)
 
     _run(False, go)

@@ -18,12 +18,13 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 from .errors import InputError, OutputError, error_for_code
 from .fsutil import make_workdir, remove_stale
 from .proc import die_with_parent
 from .signing import TrustedKey
+from runtime_stub.verify import TrustPolicy
 
 VERIFIER = "verify.py"
 LOADER = "loader.py"
@@ -59,7 +60,8 @@ def write_verifier(dest: Path) -> None:
     _write_new(dest, verifier_bytes(), 0o755)
 
 
-def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[Path], args: List[str]) -> int:
+def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", trust_paths: List[Path],
+               args: List[str], policy: Optional[Path] = None) -> int:
     """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
     ``ARGS`` on it with ``python -I``. Returns the loader's exit code.
 
@@ -93,6 +95,8 @@ def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[P
         cmd = [sys.executable, "-I", str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
         for t in trust_paths:
             cmd += ["--trust", str(t)]
+        if policy is not None:
+            cmd += ["--policy", str(policy)]
         return subprocess.run(cmd + args[1:], preexec_fn=die_with_parent()).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -285,11 +285,11 @@ def find_bundle(arg: Optional[str]) -> Path:
 VERIFICATION_CLASSES = {10, 11, 12, 13, 14, 15, 16, 17}
 
 
-def verify_bundle(root: Path, trust: List[str], verifier: Optional[str]) -> Dict[str, Tuple[int, str]]:
+def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy: Optional[str] = None) -> Dict[str, Tuple[int, str]]:
     """Run the stdlib verifier on ``root`` in an isolated child process (``python -I``).
 
-    Returns what it proved: every signed file's size and SHA-256. Trust (``--trust`` or
-    ``BUNDLE_TRUST``) is read by the verifier itself, so the loader and verify.py can never read
+    Returns what it proved: every signed file's size and SHA-256. Trust (``--policy``,
+    ``BUNDLE_POLICY``, ``--trust`` or ``BUNDLE_TRUST``) is read by the verifier itself, so the loader and verify.py can never read
     it differently. Any failure stops the loader with the verifier's exit code.
     """
     tool = Path(verifier) if verifier else Path(__file__).resolve().parent / "verify.py"
@@ -298,6 +298,8 @@ def verify_bundle(root: Path, trust: List[str], verifier: Optional[str]) -> Dict
     cmd = [sys.executable, "-I", str(tool), str(root), "--json"]
     for t in trust:
         cmd += ["--trust", t]
+    if policy:
+        cmd += ["--policy", policy]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     try:
         report = json.loads(p.stdout)
@@ -1003,6 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bundle", help="extracted bundle directory (default: the one this file is in)")
     common.add_argument("--trust", action="append", default=[], help="trusted public key PEM (default: $BUNDLE_TRUST)")
+    common.add_argument("--policy", help="trust policy file (default: $BUNDLE_POLICY); replaces --trust")
     common.add_argument("--verifier", help="verify.py to use (default: runtime/verify.py of the bundle)")
     common.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     common.add_argument("--engine", help="force an engine, by target label or file name")
@@ -1050,7 +1053,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle: no signature or digest is checked\n")
             proven = None
         else:
-            proven = verify_bundle(root, args.trust, args.verifier)
+            proven = verify_bundle(root, args.trust, args.verifier, args.policy)
             args.verified = True
             stop_after_verify_for_tests()
         files = BundleFiles(root, proven)

@@ -472,6 +472,9 @@ class TrustedKey:
     key_id: str
     key: PublicKey
     source: str
+    name: str = ""  # the policy's human name for the key
+    not_before: Optional[str] = None  # validity window (UTC, RFC 3339), checked against the host clock
+    not_after: Optional[str] = None
 
 
 def load_public_key(path: Path) -> PublicKey:
@@ -522,6 +525,268 @@ def load_trust(paths: List[Path]) -> Dict[str, TrustedKey]:
         for tk in load_trust_source(Path(p)):
             trusted[tk.key_id] = tk
     return trusted
+
+
+# == trust policy (docs/trust-policy.md) ========================================================
+
+POLICY_FORMAT = "trt-bundler-policy/1"
+POLICY_ENV = "BUNDLE_POLICY"
+POLICY_PAYLOAD_TYPE = "application/vnd.trt-bundler.policy+json"
+MAX_POLICY_SIZE = 1 << 20
+_UTC_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:T([0-9]{2}):([0-9]{2}):([0-9]{2})Z)?\Z")
+
+
+def parse_utc(text: str, what: str) -> float:
+    """``YYYY-MM-DD`` (midnight UTC) or ``YYYY-MM-DDTHH:MM:SSZ`` as POSIX seconds; nothing else
+    (no offsets, no fractions): one spelling of a time in every signed or trusted document."""
+    import calendar
+
+    m = _UTC_RE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{what}: {text!r} is not YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)")
+    y, mo, d, hh, mi, ss = (int(g) if g else 0 for g in m.groups())
+    if not (1 <= mo <= 12 and 1 <= d <= 31 and hh < 24 and mi < 60 and ss < 60):
+        raise ValueError(f"{what}: {text!r} is not a valid date and time")
+    return float(calendar.timegm((y, mo, d, hh, mi, ss, 0, 0, 0)))
+
+
+@dataclass
+class PolicyKeyDoc:
+    id: str
+    name: str
+    pem: Optional[str] = None  # inline PEM, or
+    path: Optional[str] = None  # a .pub file, relative to the policy file
+    not_before: Optional[str] = None
+    not_after: Optional[str] = None
+
+
+@dataclass
+class RevocationDoc:
+    id: str
+    reason: str
+    date: str
+
+
+@dataclass
+class RuleDoc:
+    bundles: str  # a glob over bundle names (fnmatch, case-sensitive); the first matching rule applies
+    keys: List[str]  # key ids, or ["*"] for every key of the policy
+    threshold: int
+
+
+@dataclass
+class SignersDoc:
+    keys: List[str]
+    threshold: int
+
+
+@dataclass
+class PolicySignatureDoc:
+    keyid: str
+    sig: str  # base64 of a DER ECDSA P-256 signature over PAE(POLICY_PAYLOAD_TYPE, body)
+
+
+@dataclass
+class PolicyDoc:
+    format: str
+    version: int
+    keys: List[PolicyKeyDoc]
+    rules: List[RuleDoc]
+    revoked: List[RevocationDoc] = field(default_factory=list)
+    policy_signers: Optional[SignersDoc] = None  # who may sign the next version (rotation)
+    signatures: List[PolicySignatureDoc] = field(default_factory=list)
+
+
+@dataclass
+class TrustPolicy:
+    """Whose signatures count for which bundles, and how many are needed.
+
+    ``--trust A.pub --trust B.pub`` is the policy of those keys with one rule: any bundle, one
+    signature (`policy_from_keys`). A policy file adds names, validity windows, revocations and
+    k-of-n rules per bundle-name pattern, and can be rotated by signatures of its own signers.
+    """
+
+    keys: Dict[str, TrustedKey]
+    rules: List[RuleDoc]
+    revoked: Dict[str, RevocationDoc] = field(default_factory=dict)
+    version: int = 0
+    source: str = "--trust"
+    signers: Optional[SignersDoc] = None
+    body: bytes = b""  # the canonical signed body (policy files only)
+    signatures: List[PolicySignatureDoc] = field(default_factory=list)
+
+    def rule_for(self, name: str) -> Optional[RuleDoc]:
+        import fnmatch
+
+        return next((r for r in self.rules if fnmatch.fnmatchcase(name, r.bundles)), None)
+
+    def allowed(self, rule: RuleDoc) -> List[str]:
+        return sorted(self.keys) if rule.keys == ["*"] else list(rule.keys)
+
+
+def policy_from_keys(trusted: Dict[str, TrustedKey]) -> TrustPolicy:
+    """The policy that plain ``--trust`` files mean: any one of these keys, for any bundle."""
+    return TrustPolicy(keys=dict(trusted), rules=[RuleDoc("*", ["*"], 1)])
+
+
+def _read_bounded(path: Path, limit: int, err: Callable[[str], BundleError], what: str) -> bytes:
+    """At most ``limit`` bytes of a regular file (a FIFO must not hang, /dev/zero not grow)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise err(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise err(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise err(f"{path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise err(f"{path}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise err(f"{path}: over {limit} bytes; not a {what}")
+    return data
+
+
+def policy_body(doc: Dict[str, Any]) -> bytes:
+    """What a policy's signatures sign: the document without ``signatures``, as canonical JSON
+    (sorted keys, no spaces, ASCII), so reformatting the file does not invalidate them."""
+    body = {k: v for k, v in doc.items() if k != "signatures"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def parse_policy(raw: bytes, where: str, base: Optional[Path] = None) -> TrustPolicy:
+    """A policy file's bytes, checked in full: strict JSON, the schema, every key's PEM against
+    its id, every rule's keys known, thresholds reachable. Any fault is a key error (exit 4)."""
+    def bad(msg: str) -> KeyFileError:
+        return KeyFileError(f"{where}: {msg}")
+
+    try:
+        obj = loads_strict(raw)
+        doc = _convert(PolicyDoc, obj, "policy")
+    except (StrictJSONError, SchemaError, RecursionError) as e:
+        raise bad(f"not a trust policy ({e})") from None
+    if doc.format != POLICY_FORMAT:
+        raise bad(f"format {doc.format!r}; this verifier reads {POLICY_FORMAT}")
+    if doc.version < 1:
+        raise bad("version must be a positive integer")
+    keys = {}  # type: Dict[str, TrustedKey]
+    for k in doc.keys:
+        if not KEY_ID_RE.match(k.id):
+            raise bad(f"key {k.name!r}: id must be 64 lowercase hex digits")
+        if (k.pem is None) == (k.path is None):
+            raise bad(f"key {k.name!r}: give exactly one of pem or path")
+        if k.pem is not None:
+            try:
+                key = parse_public_key_pem(k.pem.encode("ascii"))
+            except (NotP256, ValueError, IndexError, UnicodeEncodeError) as e:
+                raise bad(f"key {k.name!r}: not an ECDSA P-256 public key PEM ({e})") from None
+        else:
+            key = load_public_key((base or Path(".")) / str(k.path))
+        if key.key_id != k.id:
+            raise bad(f"key {k.name!r}: its PEM has id {key.key_id}, not {k.id}")
+        for label, t in (("not_before", k.not_before), ("not_after", k.not_after)):
+            if t is not None:
+                try:
+                    parse_utc(t, f"key {k.name!r} {label}")
+                except ValueError as e:
+                    raise bad(str(e)) from None
+        if k.id in keys:
+            raise bad(f"key {k.id[:16]}... listed twice")
+        keys[k.id] = TrustedKey(k.id, key, where, k.name, k.not_before, k.not_after)
+    revoked = {}  # type: Dict[str, RevocationDoc]
+    for r in doc.revoked:
+        if not KEY_ID_RE.match(r.id):
+            raise bad("a revoked id must be 64 lowercase hex digits")
+        try:
+            parse_utc(r.date, f"revocation of {r.id[:16]}...")
+        except ValueError as e:
+            raise bad(str(e)) from None
+        revoked[r.id] = r
+    if not doc.rules:
+        raise bad("no rules: nothing could ever verify")
+    for r in doc.rules + ([RuleDoc("(policy signers)", doc.policy_signers.keys, doc.policy_signers.threshold)]
+                          if doc.policy_signers else []):
+        if r.keys != ["*"]:
+            for kid in r.keys:
+                if kid not in keys:
+                    raise bad(f"rule {r.bundles!r} names key {kid[:16]}..., which the policy does not list")
+            if len(set(r.keys)) != len(r.keys):
+                raise bad(f"rule {r.bundles!r} names a key twice")
+        n = len(keys) if r.keys == ["*"] else len(r.keys)
+        if not 1 <= r.threshold <= n:
+            raise bad(f"rule {r.bundles!r}: threshold {r.threshold} of {n} keys can never be met")
+    return TrustPolicy(keys=keys, rules=doc.rules, revoked=revoked, version=doc.version, source=where,
+                       signers=doc.policy_signers, body=policy_body(obj), signatures=doc.signatures)
+
+
+def load_policy(path: Path) -> TrustPolicy:
+    """A trust policy file (``--policy`` / ``BUNDLE_POLICY``): at most 1 MiB, regular, strict."""
+    raw = _read_bounded(Path(path), MAX_POLICY_SIZE, KeyFileError, "trust policy")
+    return parse_policy(raw, str(path), Path(path).parent)
+
+
+def verify_policy_update(old: TrustPolicy, new: TrustPolicy, ecdsa: "Optional[Ecdsa]" = None) -> List[str]:
+    """Accept ``new`` as the successor of ``old`` (TUF-style root rotation) or raise.
+
+    ``new`` must carry a higher version and valid signatures by at least the threshold of
+    ``old``'s policy signers (distinct keys). Returns the key ids whose signatures counted. A host
+    that keeps its current policy, and only moves forward through this check, cannot be rewound
+    by anyone holding a key the chain has since rotated out.
+    """
+    if old.signers is None:
+        raise SignatureError(f"{old.source}: has no policy_signers, so no successor can be accepted")
+    if new.version <= old.version:
+        raise SignatureError(f"{new.source}: version {new.version} is not newer than {old.version} ({old.source})")
+    allowed = old.keys if old.signers.keys == ["*"] else {k: old.keys[k] for k in old.signers.keys}
+    counted = []  # type: List[str]
+    for s in new.signatures:
+        tk = allowed.get(s.keyid)
+        if tk is None or s.keyid in counted or s.keyid in old.revoked:
+            continue
+        try:
+            sig = b64_canonical(s.sig)
+        except ValueError:
+            continue
+        if (ecdsa or ecdsa_p256_verify)(tk.key, sig, pae(POLICY_PAYLOAD_TYPE, new.body)):
+            counted.append(s.keyid)
+    if len(counted) < old.signers.threshold:
+        raise SignatureError(f"{new.source}: signed by {len(counted)} of the {old.signers.threshold} policy signers "
+                             f"that {old.source} (version {old.version}) requires")
+    return counted
+
+
+ROTATION_FORMAT = "trt-bundler-key-rotation/1"
+ROTATION_PAYLOAD_TYPE = "application/vnd.trt-bundler.key-rotation+json"
+
+
+def verify_rotation(raw: bytes, where: str) -> Tuple[str, str, str]:
+    """``(old id, new id, date)`` of a key-rotation statement whose signature by the old key
+    (given inline, checked against its id) verifies; SignatureError otherwise. It proves only
+    that the holder of the old key named the new one: a policy adopts it in its next version."""
+    try:
+        doc = loads_strict(raw)
+        if doc.get("format") != ROTATION_FORMAT:
+            raise ValueError(f"format {doc.get('format')!r}")
+        old = parse_public_key_pem(doc["old_pem"].encode("ascii"))
+        new = parse_public_key_pem(doc["new_pem"].encode("ascii"))
+        if old.key_id != doc["old"] or new.key_id != doc["new"]:
+            raise ValueError("a key id does not match its PEM")
+        parse_utc(doc["date"], "date")
+        sigs = [s for s in doc["signatures"] if s.get("keyid") == old.key_id]
+        body = policy_body(doc)
+    except (StrictJSONError, ValueError, KeyError, TypeError, AttributeError, NotP256, RecursionError) as e:
+        raise SignatureError(f"{where}: not a key-rotation statement ({e})") from None
+    for s in sigs:
+        try:
+            if ecdsa_p256_verify(old, b64_canonical(s.get("sig")), pae(ROTATION_PAYLOAD_TYPE, body)):
+                return old.key_id, new.key_id, doc["date"]
+        except ValueError:
+            continue
+    raise SignatureError(f"{where}: no valid signature by the old key {old.key_id[:16]}...")
 
 
 # == signature files and statements (bundler/signing.py) =======================================
@@ -1505,9 +1770,24 @@ class StrictTarReader:
 class SignerReport:
     file: str
     key_id: Optional[str]
-    trusted: bool
-    valid: Optional[bool]
+    trusted: bool  # the key is in the trust policy (revoked keys included)
+    valid: Optional[bool]  # the signature verifies under that key; None when not checked
     trust_source: Optional[str] = None
+    name: str = ""  # the policy's name for the key
+    counted: bool = False  # counted towards the policy rule's threshold
+    reason: str = ""  # why not counted
+
+
+@dataclass
+class PolicyReport:
+    source: str  # the policy file, or "--trust"
+    version: int
+    rule: str  # the bundle-name pattern of the rule that applied
+    threshold: int
+    counted: List[str] = field(default_factory=list)  # key ids whose signatures counted
+
+    def bundles_rule(self) -> str:
+        return repr(self.rule)
 
 
 @dataclass
@@ -1569,6 +1849,7 @@ class VerifyReport:
     version: Optional[str] = None
     created: Optional[str] = None
     signers: List[SignerReport] = field(default_factory=list)
+    policy: Optional[PolicyReport] = None
     files: List[FileReport] = field(default_factory=list)
     engines: List[EngineReport] = field(default_factory=list)
     host: Optional[HostReport] = None
@@ -1611,9 +1892,10 @@ class _State:
         self.dirs = set()  # type: Set[str]
         self.engine_heads = {}  # type: Dict[str, bytes]
         self.sums_raw = None  # type: Optional[bytes]
+        self.policy = TrustPolicy(keys={}, rules=[])
 
 
-def verify_bundle(path: Path, trusted: Dict[str, TrustedKey], limits: Limits = Limits(),
+def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy], limits: Limits = Limits(),
                   require_host: bool = False, threaded: bool = True, *, sink: Optional[Sink] = None,
                   progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None) -> VerifyReport:
     """Verify a bundle tar, or an extracted bundle directory, against trusted keys.
@@ -1630,10 +1912,12 @@ def verify_bundle(path: Path, trusted: Dict[str, TrustedKey], limits: Limits = L
         raise InputError(f"{path}: no such bundle file or directory")
     if is_dir and sink is not None:
         raise InputError(f"{path}: is a directory; extraction takes a bundle tar")
-    if not trusted:
+    policy = trusted if isinstance(trusted, TrustPolicy) else policy_from_keys(trusted)
+    if not policy.keys:
         raise InputError("no trusted key given (--trust KEY.pub); a key inside the bundle is never trusted")
     report = VerifyReport(bundle=str(path))
     state = _State(report, ecdsa, sink)
+    state.policy = policy
     try:
         if is_dir:
             try:
@@ -1705,7 +1989,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
         member = reader.next()
     if not sig_files:
         raise SignatureError(f"no signature: a bundle's first members must be {root}/{SIGNATURES_DIR}/*.sig")
-    st.statement = _check_signatures(sig_files, trusted, report, st.ecdsa)
+    st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
     if st.statement.subject != root:
         raise BindingError(
             f"the signature is for {st.statement.subject!r} but the bundle's directory is {root!r}", member=root
@@ -1847,34 +2131,92 @@ def _short_key_id(hint: Optional[str]) -> str:
     return hint[:16] + "..." if KEY_ID_RE.match(hint) else "invalid-hint"
 
 
-def _check_signatures(sig_files: List[Tuple[str, str, bytes]], trusted: Dict[str, TrustedKey],
+def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPolicy,
                       report: VerifyReport, ecdsa: Ecdsa = None) -> Statement:  # type: ignore[assignment]
+    """Check every signature file against the policy's keys and return the signed statement.
+
+    Counting against the policy's rule waits for the manifest (`_check_policy`), which names the
+    bundle; the manifest is read only once its digest matched a statement signed by a key of the
+    policy that is not revoked. An invalid signature, or one by an unknown key, is reported and
+    never counted; it fails the bundle only if what remains does not meet the rule.
+    """
     statements = []  # type: List[Statement]
+    full_of = {rel: full for full, rel, _ in sig_files}
     for full, rel, raw in sig_files:
         sf = parse_signature_file(raw, full)
-        candidates = [trusted[sf.hint]] if sf.hint in trusted else ([] if sf.hint else list(trusted.values()))
+        known = policy.keys
+        candidates = [known[sf.hint]] if sf.hint in known else ([] if sf.hint else list(known.values()))
         sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None)
         report.signers.append(sr)
         for tk in candidates:
             if verify_signature(sf, tk.key, ecdsa):
-                sr.key_id, sr.trusted, sr.valid, sr.trust_source = tk.key_id, True, True, tk.source
-                statements.append(parse_statement(sf.payload, full))
+                sr.key_id, sr.trusted, sr.valid, sr.trust_source, sr.name = tk.key_id, True, True, tk.source, tk.name
+                if tk.key_id in policy.revoked:
+                    r = policy.revoked[tk.key_id]
+                    sr.reason = f"key revoked on {r.date}: {r.reason}"
+                else:
+                    statements.append(parse_statement(sf.payload, full))
                 break
         else:
             if candidates:
                 sr.trusted, sr.valid = sf.hint is not None, False
-                raise SignatureError(
-                    f"{full}: signature does not verify under trusted key {candidates[0].key_id[:16]}...", member=full
-                )
+                sr.name = candidates[0].name if sf.hint is not None else ""
+                sr.reason = f"signature does not verify under {'trusted key ' + candidates[0].key_id[:16] + '...' if sf.hint else 'any trusted key'}"
+            else:
+                sr.reason = "key not in the trust policy"
     if not statements:
+        bad = next((s for s in report.signers if s.valid is False or s.reason.startswith("key revoked")), None)
+        if bad is not None:
+            raise SignatureError(f"{full_of[bad.file]}: {bad.reason}", member=full_of[bad.file])
         signers = ", ".join(sorted(_short_key_id(s.key_id) for s in report.signers))
-        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in trusted))
+        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in policy.keys))
         raise SignatureError(f"no signature from a trusted key (signed by {signers}; trusted: {trusted_ids})")
     first = statements[0]
     for s in statements[1:]:
         if s.resources != first.resources or s.subject != first.subject:
             raise SignatureError("trusted signatures disagree about the bundle's contents")
     return first
+
+
+def _check_policy(st: "_State", name: str, now: Optional[float] = None) -> None:
+    """Count the signatures against the policy rule for bundle ``name`` (from the manifest).
+
+    A signature counts when it verifies, its key is not revoked (revocation has no date to
+    compare with: a closed host has no trusted time, so a revoked key never counts, even for
+    bundles signed before), the host clock is inside the key's validity window, the rule allows
+    the key, and no signature by the same key counted already.
+    """
+    import time as _time
+
+    policy, report = st.policy, st.report
+    rule = policy.rule_for(name)
+    if rule is None:
+        raise SignatureError(f"the trust policy ({policy.source}) has no rule for bundles named {name!r}")
+    allowed = set(policy.allowed(rule))
+    now = _time.time() if now is None else now
+    counted = []  # type: List[str]
+    for sr in report.signers:
+        tk = policy.keys.get(sr.key_id or "")
+        if not sr.valid or tk is None or sr.reason:
+            continue
+        if tk.not_before is not None and now < parse_utc(tk.not_before, "not_before"):
+            sr.reason = f"key not valid before {tk.not_before}"
+        elif tk.not_after is not None and now > parse_utc(tk.not_after, "not_after"):
+            sr.reason = f"key expired after {tk.not_after}"
+        elif tk.key_id not in allowed:
+            sr.reason = f"key not allowed to sign {name!r} (rule {rule.bundles!r})"
+        elif tk.key_id in counted:
+            sr.reason = "the same key signed twice: counted once"
+        else:
+            sr.counted = True
+            counted.append(tk.key_id)
+    report.policy = PolicyReport(policy.source, policy.version, rule.bundles, rule.threshold, counted)
+    if len(counted) < rule.threshold:
+        why = "; ".join(f"{_short_key_id(s.key_id)}{' (' + s.name + ')' if s.name else ''}: {s.reason}"
+                        for s in report.signers if not s.counted)
+        raise SignatureError(f"trust policy{' ' + policy.source if policy.source != '--trust' else ''}: "
+                             f"{len(counted)} of the {rule.threshold} signatures required for {name!r} "
+                             f"(rule {rule.bundles!r}) counted" + (f"; not counted: {why}" if why else ""))
 
 
 def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> None:
@@ -1911,6 +2253,8 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
             f"{root}/{MANIFEST}: names {m.name} {m.version}, which does not match the directory {root}",
             member=f"{root}/{MANIFEST}",
         )
+    # The name is bound to the signed directory now: count the signatures under its rule.
+    _check_policy(st, m.name)
     assert st.statement is not None
     signed = st.statement.resources
     listed = {f.path: f for f in m.files}
@@ -2195,7 +2539,7 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
             raise SignatureError(f"{full(d)}: only signatures/*.sig files may live in signatures/", member=full(d))
     if not sig_files:
         raise SignatureError(f"no signature: {full(SIGNATURES_DIR)}/ holds no *.sig file")
-    st.statement = _check_signatures(sig_files, trusted, report, st.ecdsa)
+    st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
     signed = st.statement.resources
     for p, d in signed.items():
         st.files[p] = FileReport(p, None, d)
@@ -2399,17 +2743,32 @@ def _fail(e: BaseException, json_mode: bool) -> int:
     return code
 
 
+def signer_lines(rep: VerifyReport) -> List[str]:
+    """One line per signature file: key id, the policy's name for it, valid or not, counted or
+    not and why; then the rule that applied. Shared by both verifiers' human reports; every
+    string that came from a bundle or a policy is escaped."""
+    out = []
+    for s in rep.signers:
+        if s.valid:
+            state = "valid, counted" if s.counted else f"valid, NOT counted: {s.reason}" if s.reason else "valid"
+        elif s.valid is False:
+            state = f"INVALID, not counted: {s.reason}"
+        else:
+            state = f"not checked: {s.reason or 'untrusted key'}"
+        name = f" ({s.name})" if s.name else ""
+        out.append(printable(f"signer:  {shown_key_id(s.key_id)}{name}  [{state}]"))
+    if rep.policy is not None:
+        p = rep.policy
+        src = "--trust keys" if p.source == "--trust" else f"{p.source} version {p.version}"
+        out.append(printable(f"policy:  {src}: rule {p.bundles_rule()}, {len(p.counted)} of {p.threshold} required signatures counted"))
+    return out
+
+
 def _print_report(rep: VerifyReport) -> None:
     if rep.ok:
         print(f"VERIFIED {printable(rep.name)} {printable(rep.version)}  ({printable(rep.bundle)})")
-    for s in rep.signers:
-        if s.valid:
-            state = "trusted, valid"
-        elif s.valid is False:
-            state = "INVALID under the trusted keys"
-        else:
-            state = "untrusted key, not checked"
-        print(f"signer:  {shown_key_id(s.key_id)}  [{state}]")
+    for line in signer_lines(rep):
+        print(line)
     if rep.sha256:
         print(f"sha256:  {rep.sha256}")
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -2433,6 +2792,18 @@ def trust_paths(flags: List[str]) -> List[str]:
     return paths
 
 
+def trust_from_args(trust: List[str], policy: Optional[str]) -> Union[Dict[str, TrustedKey], TrustPolicy]:
+    """What to trust, by the one rule every entry point uses: ``--policy`` or ``BUNDLE_POLICY``
+    (a policy file), else ``--trust`` or ``BUNDLE_TRUST`` (key files: any one signature). Both
+    at once is refused: one host, one statement of whom it trusts."""
+    if policy and trust:
+        raise UsageError("--policy and --trust are exclusive: a policy file lists its keys itself")
+    chosen = policy or (None if trust else os.environ.get(POLICY_ENV) or None)
+    if chosen:
+        return load_policy(Path(chosen))
+    return load_trust([Path(p) for p in trust_paths(trust)])
+
+
 def _main(argv: Optional[List[str]]) -> int:
     parser = _Parser(
         prog="verify.py", allow_abbrev=False,
@@ -2443,10 +2814,12 @@ def _main(argv: Optional[List[str]]) -> int:
     parser.add_argument("--trust", action="append", default=[], metavar="PUB",
                         help="trusted public key PEM (repeatable; default: $BUNDLE_TRUST, files separated by os.pathsep); "
                              "a key inside the bundle is never trusted")
+    parser.add_argument("--policy", metavar="FILE",
+                        help=f"trust policy file (default: ${POLICY_ENV}); replaces --trust (docs/trust-policy.md)")
     parser.add_argument("--json", dest="json_mode", action="store_true", help="print the full report as one JSON document")
     parser.add_argument("--require-host", action="store_true", help="also fail (exit 17) unless an engine can run on this host")
     args = parser.parse_args(argv)
-    trusted = load_trust([Path(p) for p in trust_paths(args.trust)])
+    trusted = trust_from_args(args.trust, args.policy)
     rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host)
     if args.json_mode:
         print(json.dumps(rep.to_dict(), indent=2))
