@@ -261,3 +261,13 @@ def test_key_rotation_statement(tmp_path, people, third):
     r = run_bundle("keys", "rotate", people[0]["key"], "--new", third["pub"], "--out", out)
     assert r.code == 6  # never overwritten
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_shipped_example_policy_parses_and_holds_no_private_key():
+    from runtime_stub.verify import load_policy
+
+    p = load_policy(REPO / "keys" / "trust.example.json")
+    assert p.version == 1 and len(p.keys) == 3 and p.signers is not None and p.signers.threshold == 2
+    assert [r.bundles for r in p.rules] == ["detector-*", "*"]
+    for f in (REPO / "keys").iterdir():
+        assert b"PRIVATE KEY" not in f.read_bytes(), f
