@@ -59,9 +59,11 @@ def write_verifier(dest: Path) -> None:
     _write_new(dest, verifier_bytes(), 0o755)
 
 
-def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[Path], args: List[str]) -> int:
+def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[Path], args: List[str],
+               allow_expired: bool = False) -> int:
     """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
-    ``ARGS`` on it with ``python -I``. Returns the loader's exit code.
+    ``ARGS`` on it with ``python -I``. Returns the loader's exit code. ``allow_expired`` goes
+    to both verifications (the library's of a tar, the loader's own of the directory).
 
     The private working directory is removed on success, failure, Ctrl-C and SIGTERM (the CLI
     turns SIGTERM into an exception); one left by a SIGKILLed run is removed by the next run.
@@ -86,13 +88,15 @@ def run_loader(bundle: Path, trusted: Dict[str, TrustedKey], trust_paths: List[P
         root = bundle
         if bundle.is_file():
             root = work / "bundle"
-            report = verify_bundle(bundle, trusted, extract_to=root)
+            report = verify_bundle(bundle, trusted, extract_to=root, allow_expired=allow_expired)
             if not report.ok:
                 assert report.error is not None
                 raise error_for_code(report.exit_code, report.error.message, report.error.member)
         cmd = [sys.executable, "-I", str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
         for t in trust_paths:
             cmd += ["--trust", str(t)]
+        if allow_expired:
+            cmd.append("--allow-expired")
         return subprocess.run(cmd + args[1:], preexec_fn=die_with_parent()).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -63,6 +63,7 @@ import binascii
 import ctypes
 import ctypes.util
 import dataclasses
+import datetime
 import enum
 import hashlib
 import io
@@ -538,6 +539,7 @@ class Statement:
     subject: str
     resources: Dict[str, str]
     ignore_paths: Tuple[str, ...]
+    expires: Optional[str] = None  # predicate.expires: this signature's end of validity (UTC)
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -626,13 +628,32 @@ def parse_statement(payload: bytes, where: str) -> Statement:
                 raise ValueError(f"resource {name!r} listed twice")
             resources[name] = digest
         ignore = tuple(str(p) for p in ser.get("ignore_paths", []))
+        expires = pred.get("expires")
+        if "expires" in pred:
+            expires_epoch(expires)  # one strict form, or the statement is refused
     except RecursionError:
         raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
         raise SignatureError(f"{where}: signed statement is malformed ({e})", member=where) from None
     if subject_digest(resources) != root:
         raise SignatureError(f"{where}: signed statement's subject digest does not match its resources", member=where)
-    return Statement(subject, resources, ignore)
+    return Statement(subject, resources, ignore, expires)
+
+
+_EXPIRES_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
+
+
+def expires_epoch(value: Any) -> int:
+    """Seconds since the epoch of a signed expiry, which has exactly one form: an RFC 3339 UTC
+    time ``YYYY-MM-DDTHH:MM:SSZ`` (ASCII digits, no fraction, no offset other than ``Z``), a
+    real calendar time. One form, so that every verifier reads the same instant from it."""
+    if not isinstance(value, str) or not _EXPIRES_RE.match(value):
+        raise ValueError("expires is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        t = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ValueError("expires is not a real calendar time") from None
+    return int(t.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 MAX_JSON_DEPTH = 64  # no bundle document nests deeper than 6; json's own limit is a RecursionError
@@ -1508,6 +1529,7 @@ class SignerReport:
     trusted: bool
     valid: Optional[bool]
     trust_source: Optional[str] = None
+    expires: Optional[str] = None  # the signed statement's predicate.expires, for a valid signature
 
 
 @dataclass
@@ -1564,6 +1586,8 @@ class VerifyReport:
     exit_code: int = int(ExitCode.INTERNAL)
     error: Optional[Failure] = None
     sha256: Optional[str] = None
+    content_digest: Optional[str] = None  # the signed subject digest: what every signature signs
+    expired_accepted: bool = False  # a counted signature had expired and --allow-expired took it
     root: Optional[str] = None
     name: Optional[str] = None
     version: Optional[str] = None
@@ -1599,8 +1623,11 @@ Ecdsa = Callable[["PublicKey", bytes, bytes], bool]
 
 class _State:
     def __init__(self, report: VerifyReport, ecdsa: Optional[Ecdsa] = None, sink: Optional[Sink] = None,
-                 tick: Optional[Callable[[], None]] = None) -> None:
+                 tick: Optional[Callable[[], None]] = None, allow_expired: bool = False,
+                 now: Optional[float] = None) -> None:
         self.report = report
+        self.allow_expired = allow_expired
+        self.now = now  # None: the host clock, read when the expiry is checked
         self.ecdsa = ecdsa or ecdsa_p256_verify
         self.sink = sink
         self.tick = tick
@@ -1615,14 +1642,17 @@ class _State:
 
 def verify_bundle(path: Path, trusted: Dict[str, TrustedKey], limits: Limits = Limits(),
                   require_host: bool = False, threaded: bool = True, *, sink: Optional[Sink] = None,
-                  progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None) -> VerifyReport:
+                  progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None,
+                  allow_expired: bool = False, now: Optional[float] = None) -> VerifyReport:
     """Verify a bundle tar, or an extracted bundle directory, against trusted keys.
 
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
     Raises `InputError` for problems with the request itself (no such file, no key), and
     whatever ``sink`` raises (the caller's own output errors). ``progress(done, total)`` is
     called per chunk of a tar; ``ecdsa`` replaces the pure-Python signature check (the library
-    passes `cryptography`'s, cross-checked against this one in the tests).
+    passes `cryptography`'s, cross-checked against this one in the tests). ``allow_expired``
+    accepts a signature past its signed expiry (recorded as ``expired_accepted``); ``now``
+    replaces the host clock for that check (seconds since the epoch).
     """
     path = Path(path)
     is_dir = path.is_dir()
@@ -1633,7 +1663,7 @@ def verify_bundle(path: Path, trusted: Dict[str, TrustedKey], limits: Limits = L
     if not trusted:
         raise InputError("no trusted key given (--trust KEY.pub); a key inside the bundle is never trusted")
     report = VerifyReport(bundle=str(path))
-    state = _State(report, ecdsa, sink)
+    state = _State(report, ecdsa, sink, allow_expired=allow_expired, now=now)
     try:
         if is_dir:
             try:
@@ -1706,6 +1736,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
     if not sig_files:
         raise SignatureError(f"no signature: a bundle's first members must be {root}/{SIGNATURES_DIR}/*.sig")
     st.statement = _check_signatures(sig_files, trusted, report, st.ecdsa)
+    _check_expiry_of(st, sig_files)
     if st.statement.subject != root:
         raise BindingError(
             f"the signature is for {st.statement.subject!r} but the bundle's directory is {root!r}", member=root
@@ -1876,6 +1907,43 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], trusted: Dict[str
             raise SignatureError("trusted signatures disagree about the bundle's contents")
     return first
 
+
+
+def _check_expiry_of(st: _State, sig_files: List[Tuple[str, str, bytes]]) -> None:
+    """Right after `_check_signatures`: record the content digest and each counted signer's
+    signed expiry, then apply the expiry rule. Kept out of `_check_signatures` so that the trust
+    policy there and the expiry rule here change independently; the signers that count are
+    those the policy marked valid. Their statements were verified already: re-reading them here
+    only looks up ``predicate.expires``."""
+    report = st.report
+    assert st.statement is not None
+    report.content_digest = subject_digest(st.statement.resources)
+    files = {rel: (full, raw) for full, rel, raw in sig_files}
+    counted = [s for s in report.signers if s.valid]
+    for s in counted:
+        full, raw = files[s.file]
+        s.expires = parse_statement(parse_signature_file(raw, full).payload, full).expires
+    now = st.now if st.now is not None else datetime.datetime.now(datetime.timezone.utc).timestamp()
+    report.expired_accepted = _check_expiry(counted, now, st.allow_expired)
+
+
+def _check_expiry(signers: List[SignerReport], now: float, allow_expired: bool) -> bool:
+    """Fail if any counted signature is past its signed expiry (``now`` > ``expires``), unless
+    ``allow_expired``; return whether an expired signature was accepted that way.
+
+    Any one counted signer's expiry is enough: an expiry is its signer's statement that the
+    bundle must not be trusted after that time, and a countersignature without one does not
+    lift it. ``now`` is the host clock: see docs/security.md for what a wrong clock does.
+    """
+    expired = [(expires_epoch(s.expires), s) for s in signers
+               if s.expires is not None and now > expires_epoch(s.expires)]
+    if not expired:
+        return False
+    if allow_expired:
+        return True
+    _, first = min(expired, key=lambda e: e[0])
+    raise BindingError(f"bundle expired on {first.expires} (signature {_short_key_id(first.key_id)}); "
+                       "pass --allow-expired to accept it")
 
 def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> None:
     """Parse the (already digest-checked) manifest and bind it to the signed list.
@@ -2196,6 +2264,7 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
     if not sig_files:
         raise SignatureError(f"no signature: {full(SIGNATURES_DIR)}/ holds no *.sig file")
     st.statement = _check_signatures(sig_files, trusted, report, st.ecdsa)
+    _check_expiry_of(st, sig_files)
     signed = st.statement.resources
     for p, d in signed.items():
         st.files[p] = FileReport(p, None, d)
@@ -2409,7 +2478,12 @@ def _print_report(rep: VerifyReport) -> None:
             state = "INVALID under the trusted keys"
         else:
             state = "untrusted key, not checked"
-        print(f"signer:  {shown_key_id(s.key_id)}  [{state}]")
+        expires = f"  expires {printable(s.expires)}" if s.expires else ""
+        print(f"signer:  {shown_key_id(s.key_id)}  [{state}]{expires}")
+    if rep.expired_accepted:
+        print("expired: a signature has expired; accepted because of --allow-expired")
+    if rep.content_digest:
+        print(f"content: {rep.content_digest}")
     if rep.sha256:
         print(f"sha256:  {rep.sha256}")
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -2445,9 +2519,11 @@ def _main(argv: Optional[List[str]]) -> int:
                              "a key inside the bundle is never trusted")
     parser.add_argument("--json", dest="json_mode", action="store_true", help="print the full report as one JSON document")
     parser.add_argument("--require-host", action="store_true", help="also fail (exit 17) unless an engine can run on this host")
+    parser.add_argument("--allow-expired", action="store_true",
+                        help="accept a signature past its signed expiry (recorded in the report as expired_accepted)")
     args = parser.parse_args(argv)
     trusted = load_trust([Path(p) for p in trust_paths(args.trust)])
-    rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host)
+    rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host, allow_expired=args.allow_expired)
     if args.json_mode:
         print(json.dumps(rep.to_dict(), indent=2))
     else:
