@@ -24,6 +24,7 @@ from .runtime import run_loader, write_verifier
 from .spec import build_all, create_all, load_spec, request_from_flags
 from .seal import SealResult, seal
 from .create import create
+from .countersign import SignResult, sign_bundle as sign
 from .signing import (
     GeneratedKey,
     TrustedKey,
@@ -32,29 +33,32 @@ from .signing import (
     load_private_key,
     load_public_key,
     load_trust,
+    parse_expiry,
 )
 from .targets import Target, parse_target
 from .verify import VerifyReport, verify_bundle
 
 __all__ = [
     "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
-    "Manifest", "SealResult", "ShapeSpec", "Target", "TrustedKey", "VerifyReport",
+    "Manifest", "SealResult", "ShapeSpec", "SignResult", "Target", "TrustedKey", "VerifyReport",
     "build", "build_all", "create", "create_all", "extract", "fix_shared_dims", "generate_key", "inspect",
     "inspect_engine_file", "key_id", "load_model", "load_private_key", "load_public_key", "load_spec", "load_trust",
-    "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal", "select_backend",
-    "verify", "write_verifier",
+    "parse_expiry", "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal",
+    "select_backend", "sign", "verify", "write_verifier",
 ]
 
 
 def verify(
-    bundle: Path, trusted: Dict[str, TrustedKey], *, require_host: bool = False, limits: Limits = Limits()
+    bundle: Path, trusted: Dict[str, TrustedKey], *, require_host: bool = False, limits: Limits = Limits(),
+    allow_expired: bool = False,
 ) -> VerifyReport:
-    return verify_bundle(bundle, trusted, limits=limits, require_host=require_host)
+    return verify_bundle(bundle, trusted, limits=limits, require_host=require_host, allow_expired=allow_expired)
 
 
-def extract(bundle: Path, trusted: Dict[str, TrustedKey], dest: Path, *, limits: Limits = Limits()) -> VerifyReport:
+def extract(bundle: Path, trusted: Dict[str, TrustedKey], dest: Path, *, limits: Limits = Limits(),
+            allow_expired: bool = False) -> VerifyReport:
     """Verify while extracting; ``dest`` appears only when every check passed."""
-    return verify_bundle(bundle, trusted, limits=limits, extract_to=dest)
+    return verify_bundle(bundle, trusted, limits=limits, extract_to=dest, allow_expired=allow_expired)
 
 
 def inspect(bundle: Path) -> InspectReport:

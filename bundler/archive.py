@@ -212,6 +212,20 @@ class DirectFile:
 
 # -- writer -----------------------------------------------------------------------------------
 
+def member_header(name: str, size: int, mode: int, mtime: int) -> bytes:
+    """The header block(s) of one regular member, exactly as the format's writer profile says
+    (docs/bundle-format.md section 2.1). Shared by `TarWriter` and countersigning, which adds a
+    member to an existing bundle and must write it the way sealing would."""
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    ti.mtime = int(mtime)
+    ti.mode = mode
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.type = tarfile.REGTYPE
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
 class TarWriter:
     """Writes a deterministic POSIX (PAX) tar: fixed uid/gid/owner, caller-chosen mtime and modes.
 
@@ -239,14 +253,7 @@ class TarWriter:
         return self._sha256.hexdigest()
 
     def _header(self, name: str, size: int, mode: int) -> bytes:
-        ti = tarfile.TarInfo(name)
-        ti.size = size
-        ti.mtime = self._mtime
-        ti.mode = mode
-        ti.uid = ti.gid = 0
-        ti.uname = ti.gname = ""
-        ti.type = tarfile.REGTYPE
-        return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+        return member_header(name, size, mode, self._mtime)
 
     def _space(self) -> memoryview:
         """The free part of the current staging buffer (never empty)."""

@@ -335,7 +335,7 @@ def _print_warnings(record) -> None:  # noqa: ANN001 - a BuildRecord or Manifest
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
-_SPEC_KEEPS = ("spec", "key", "out")  # the only flags that go with --spec: the rest live in the file
+_SPEC_KEEPS = ("spec", "key", "out", "expires")  # the only flags that go with --spec: the rest live in the file
 
 
 def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, always_need: tuple) -> None:
@@ -362,7 +362,7 @@ def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, alw
         from .errors import UsageError
 
         _fail(UsageError(f"--spec cannot be combined with {', '.join(given)}: put them in the spec file "
-                         f"(only --key and --out go with --spec)"), False)
+                         f"(only --key, --out and --expires go with --spec)"), False)
 
 
 def _header_text(h) -> str:  # noqa: ANN001 - EngineHeader
@@ -474,11 +474,24 @@ def build_cmd(
     _run(False, go)
 
 
+_EXPIRES_HELP = ("Signature expiry: a duration (90d, 12h, 30m, 2w), a date (2027-01-31, midnight UTC) or a UTC time "
+                 "(2027-01-31T12:00:00Z); signed into the statement. Verification fails after it without --allow-expired.")
+_ALLOW_EXPIRED_HELP = "Accept a bundle whose signature has expired (recorded as expired_accepted in the report)."
+
+
+def _expiry(text: Optional[str]) -> Optional[str]:
+    from .signing import parse_expiry
+
+    return None if text is None else parse_expiry(text)
+
+
 def _print_seal(res) -> None:  # noqa: ANN001
     c = _out()
     _say(c, _line("bundle:  ", res.path))
     _say(c, _line("sha256:  ", res.sha256))
     _say(c, _line("key id:  ", res.key_id))
+    if res.expires:
+        _say(c, _line("expires: ", res.expires))
     c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
     _print_warnings(res.manifest)
 
@@ -488,14 +501,17 @@ def seal_cmd(
     build_dirs: List[Path] = typer.Argument(..., help="One or more build directories of the same model."),
     key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
+    expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
 ) -> None:
     """Seal build directories into one signed, deterministic bundle tar."""
     from .seal import seal
 
     def go() -> None:
+        until = _expiry(expires)
         signing_key = _load_signing_key(key)
         with _Bar("sealing") as bar:
-            res = seal(build_dirs, signing_key, out, progress=lambda _path, done, total: bar.update(done, total))
+            res = seal(build_dirs, signing_key, out, progress=lambda _path, done, total: bar.update(done, total),
+                       expires=until)
         _print_seal(res)
 
     _run(False, go)
@@ -524,6 +540,7 @@ def create_cmd(
     keep_fp32: List[str] = _MATRIX_OPTIONS["keep_fp32"],
     accept_accuracy_loss: bool = _MATRIX_OPTIONS["accept_accuracy_loss"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+    expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
     from .api import create
@@ -535,13 +552,52 @@ def create_cmd(
             from .spec import create_all, load_spec
 
             entries = load_spec(spec)  # every model checked before the key is asked for or anything built
+            until = _expiry(expires)
             signing_key = _load_signing_key(key)
-            create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res))
+            create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res),
+                       expires=until)
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
+        until = _expiry(expires)  # a duration counts from here: the build takes seconds to hours
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        _print_seal(create(request, signing_key, out, progress=_BuildDisplay()))
+        _print_seal(create(request, signing_key, out, progress=_BuildDisplay(), expires=until))
+
+    _run(False, go)
+
+
+@app.command("sign")
+def sign_cmd(
+    bundle: Path = typer.Argument(..., help="A sealed .bundle.tar to countersign."),
+    key: Path = typer.Option(..., "--key", help="Your private signing key (PEM)."),
+    trust: List[Path] = typer.Option([], "--trust", help="Public key(s) the bundle must verify against first (repeatable; default: $BUNDLE_TRUST)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the countersigned NAME-VERSION.bundle.tar (never overwritten)."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace BUNDLE with the countersigned bundle (atomic rename)."),
+    expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
+) -> None:
+    """Countersign: verify BUNDLE against --trust, then add your signature over the same content.
+
+    Every other member keeps its bytes; the content digest stays, the tar's SHA-256 changes.
+    """
+    from .countersign import sign_bundle
+    from .errors import UsageError
+
+    def go() -> None:
+        if (out is None) == (not in_place):
+            raise UsageError("give exactly one of --out DIR and --in-place; see 'bundle sign --help'")
+        until = _expiry(expires)
+        trusted = _trust(trust)
+        signing_key = _load_signing_key(key)
+        res = sign_bundle(bundle, signing_key, trusted, out_dir=out, in_place=in_place, expires=until)
+        c = _out()
+        _say(c, _line("bundle:  ", res.path))
+        _say(c, _line("content: ", res.content_digest) + Text("  (unchanged: the digest every signature signs)"))
+        _say(c, _line("sha256:  ", res.sha256))
+        _say(c, _line("key id:  ", res.key_id) + _line("  added as ", res.signature))
+        if res.expires:
+            _say(c, _line("expires: ", res.expires))
+        for name in res.signers:
+            _say(c, _line("signature: ", name))
 
     _run(False, go)
 
@@ -569,6 +625,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
 
     for line in signer_lines(rep):
         _say(c, Text(line))
+    if rep.expired_accepted:
+        _say(c, Text("expired: a signature has expired; accepted because of --allow-expired", style="bold yellow"))
+    if rep.content_digest:
+        _say(c, _line("content: ", rep.content_digest))
     if rep.sha256:
         _say(c, _line("sha256:  ", rep.sha256))
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -595,13 +655,14 @@ def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
 
 
 def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path],
-                 policy: Optional[Path] = None) -> None:
+                 policy: Optional[Path] = None, allow_expired: bool = False) -> None:
     from .verify import verify_bundle
 
     def go() -> None:
         trusted = _trust(trust, policy)
         with _Bar("verifying" if dest is None else "extracting") as bar:
-            rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update)
+            rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update,
+                                allow_expired=allow_expired)
         if json_mode:
             print(_json(rep.to_dict()))
         else:
@@ -621,9 +682,10 @@ def verify_cmd(
     policy: Optional[Path] = _POLICY_OPTION,
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
+    allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
 ) -> None:
     """Verify a bundle against trusted keys in one streaming pass. Exit 0 only if every check holds."""
-    _verify_like(bundle, trust, json_mode, require_host, None, policy)
+    _verify_like(bundle, trust, json_mode, require_host, None, policy, allow_expired)
 
 
 @app.command("extract")
@@ -633,9 +695,10 @@ def extract_cmd(
     policy: Optional[Path] = _POLICY_OPTION,
     dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
+    allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
 ) -> None:
     """Verify while extracting into a staging directory; move it to DEST only when all checks pass."""
-    _verify_like(bundle, trust, json_mode, False, dest, policy)
+    _verify_like(bundle, trust, json_mode, False, dest, policy, allow_expired)
 
 
 @app.command("inspect")
@@ -644,6 +707,7 @@ def inspect_cmd(
     trust: List[Path] = typer.Option([], "--trust", help="Verify too, against these trusted keys."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Verify too, under this trust policy file."),
     json_mode: bool = typer.Option(False, "--json", help="Print the report as one JSON document."),
+    allow_expired: bool = typer.Option(False, "--allow-expired", help="With --trust: " + _ALLOW_EXPIRED_HELP),
 ) -> None:
     """Show metadata, signers, files, targets and engine headers without extracting."""
     from .inspect import inspect_bundle
@@ -652,7 +716,7 @@ def inspect_cmd(
     def go() -> None:
         # With --trust, verify first and on its own terms: the same verdict, error line and exit
         # code as `bundle verify`, and nothing of a bundle that fails it is parsed for display.
-        vrep = verify_bundle(bundle, _trust(trust, policy)) if trust or policy else None
+        vrep = verify_bundle(bundle, _trust(trust, policy), allow_expired=allow_expired) if trust or policy else None
         v = vrep.to_dict() if vrep is not None else None
         if vrep is not None and not vrep.ok:
             if json_mode:
@@ -842,12 +906,13 @@ def run_cmd(
     bundle: Path = typer.Argument(..., help="A .bundle.tar file or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     policy: Optional[Path] = _POLICY_OPTION,
+    allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
 ) -> None:
     """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
     from .runtime import run_loader
 
     def go() -> None:
-        code = run_loader(bundle, _trust(trust, policy), list(trust), ctx.args, policy)
+        code = run_loader(bundle, _trust(trust, policy), list(trust), ctx.args, policy, allow_expired=allow_expired)
         raise typer.Exit(code)
 
     _run(False, go)

@@ -61,9 +61,10 @@ def write_verifier(dest: Path) -> None:
 
 
 def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", trust_paths: List[Path],
-               args: List[str], policy: Optional[Path] = None) -> int:
+               args: List[str], policy: Optional[Path] = None, allow_expired: bool = False) -> int:
     """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
-    ``ARGS`` on it with ``python -I``. Returns the loader's exit code.
+    ``ARGS`` on it with ``python -I``. Returns the loader's exit code. ``allow_expired`` goes
+    to both verifications (the library's of a tar, the loader's own of the directory).
 
     The private working directory is removed on success, failure, Ctrl-C and SIGTERM (the CLI
     turns SIGTERM into an exception); one left by a SIGKILLed run is removed by the next run.
@@ -88,7 +89,7 @@ def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]
         root = bundle
         if bundle.is_file():
             root = work / "bundle"
-            report = verify_bundle(bundle, trusted, extract_to=root)
+            report = verify_bundle(bundle, trusted, extract_to=root, allow_expired=allow_expired)
             if not report.ok:
                 assert report.error is not None
                 raise error_for_code(report.exit_code, report.error.message, report.error.member)
@@ -97,6 +98,8 @@ def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]
             cmd += ["--trust", str(t)]
         if policy is not None:
             cmd += ["--policy", str(policy)]
+        if allow_expired:
+            cmd.append("--allow-expired")
         return subprocess.run(cmd + args[1:], preexec_fn=die_with_parent()).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -46,6 +46,7 @@ class SealResult:
     sha256: str
     key_id: str
     manifest: Manifest
+    expires: Optional[str] = None  # the signature's signed expiry (predicate.expires), if any
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,13 @@ def seal(
     key: ec.EllipticCurvePrivateKey,
     out_dir: Path,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    expires: Optional[str] = None,
 ) -> SealResult:
-    """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``."""
+    """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``.
+
+    ``expires`` (``YYYY-MM-DDTHH:MM:SSZ``, see `signing.parse_expiry`) goes into the signed
+    statement; verifiers refuse the bundle after that time unless told ``--allow-expired``.
+    """
     check_out_dir(Path(out_dir), "NAME-VERSION.bundle.tar")
     records, engines = _collect(build_dirs)
     first_dir, record = records[0]
@@ -246,7 +252,7 @@ def seal(
     sums = "".join(f"{e.sha256}  {e.path}\n" for e in all_entries).encode("utf-8")
     resources_ = {e.path: e.sha256 for e in all_entries}
     resources_[SHA256SUMS] = hashlib.sha256(sums).hexdigest()
-    signature = sign_statement(make_statement(root, resources_), key)
+    signature = sign_statement(make_statement(root, resources_, expires), key)
     kid = key_id(key.public_key())
 
     for e in [*all_entries, FileEntry(SHA256SUMS, 0, "")]:
@@ -298,7 +304,7 @@ def seal(
         tmp.unlink(missing_ok=True)
         remove_made_dirs(made)  # a failed seal leaves no --out it made either
         raise
-    return SealResult(final, digest, kid, manifest)
+    return SealResult(final, digest, kid, manifest, expires)
 
 
 class _Ticker:

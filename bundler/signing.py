@@ -15,7 +15,9 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -42,6 +44,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     pae,
     parse_signature_file,
     parse_statement,
+    expires_epoch,
     subject_digest,
 )
 
@@ -168,7 +171,11 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
 
 # -- statement --------------------------------------------------------------------------------
 
-def make_statement(subject: str, resources: "dict[str, str]") -> bytes:
+def make_statement(subject: str, resources: "dict[str, str]", expires: Optional[str] = None) -> bytes:
+    """The in-toto statement a signature signs. ``expires`` (``YYYY-MM-DDTHH:MM:SSZ``) goes in
+    as ``predicate.expires``: inside the signed payload, so it cannot be stripped or moved
+    without breaking the signature, and in the predicate, whose unknown fields model-signing
+    v1.0 verifiers ignore (so each signature file stays model-signing compatible)."""
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": subject, "digest": {"sha256": subject_digest(resources)}}],
@@ -185,7 +192,45 @@ def make_statement(subject: str, resources: "dict[str, str]") -> bytes:
             },
         },
     }
+    if expires is not None:
+        expires_epoch(expires)  # never write what the verifier would refuse
+        statement["predicate"]["expires"] = expires
     return json.dumps(statement, indent=2).encode("utf-8")
+
+
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,6})([smhdw])\Z")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def parse_expiry(text: str, now: Optional[float] = None) -> str:
+    """``--expires`` as the signed form ``YYYY-MM-DDTHH:MM:SSZ``.
+
+    Accepts a duration from ``now`` (``90d``, ``12h``, ``30m``, ``45s``, ``2w``), a date
+    (``2027-01-31``, meaning 00:00:00 UTC at the start of that day) or a UTC time
+    (``2027-01-31T12:00:00Z``). The result must lie in the future: a past expiry makes a bundle
+    that no host accepts without ``--allow-expired``, which is a typo, never an intent.
+    """
+    now = time.time() if now is None else now
+    text = str(text).strip()
+    m = _DURATION_RE.match(text)
+    if m:
+        when = int(now) + int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        value = text + "T00:00:00Z" if _DATE_RE.match(text) else text
+        try:
+            when = expires_epoch(value)
+        except ValueError:
+            raise InputError(f"--expires {text!r}: give a duration (90d, 12h, 30m, 45s, 2w), a date (2027-01-31) "
+                             "or a UTC time (2027-01-31T12:00:00Z)") from None
+    try:
+        out = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+        expires_epoch(out)
+    except (ValueError, OverflowError, OSError):
+        raise InputError(f"--expires {text!r}: out of range") from None
+    if when <= now:
+        raise InputError(f"--expires {text!r}: {out} is not in the future; a bundle must not be signed expired")
+    return out
 
 
 def sign_statement(statement: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:

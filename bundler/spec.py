@@ -367,6 +367,7 @@ def create_all(
     out_dir: Path,
     progress: Optional[Callable[..., None]] = None,
     on_bundle: Optional[Callable[[SpecEntry, Any], None]] = None,
+    expires: Optional[str] = None,
 ) -> List[Any]:
     """`api.create` for each entry in order; stop at the first failure.
 
@@ -388,7 +389,7 @@ def create_all(
     made: List[Any] = []
     for entry in entries:
         try:
-            res = create(entry.request, key, out_dir, progress=progress)
+            res = create(entry.request, key, out_dir, progress=progress, expires=expires)
         except BundleError as e:
             raise _failed(e, entry, "bundles", [r.path for r in made]) from None
         made.append(res)

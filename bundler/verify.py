@@ -146,6 +146,8 @@ def verify_bundle(
     require_host: bool = False,
     extract_to: Optional[Path] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    allow_expired: bool = False,
+    now: Optional[float] = None,
 ) -> VerifyReport:
     """Verify a bundle (a tar, or an extracted directory) against trusted keys; optionally
     extract a tar into ``extract_to``.
@@ -153,6 +155,8 @@ def verify_bundle(
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
     Raises `InputError`/`OutputError` for problems with the request itself (no such file,
     destination exists, the disk said no), which are not findings about the bundle.
+    ``allow_expired`` accepts a signature past its signed expiry (``report.expired_accepted``);
+    ``now`` (seconds since the epoch) replaces the host clock for that check.
     """
     path = Path(path)
     sink: Optional[_ExtractSink] = None
@@ -173,7 +177,8 @@ def verify_bundle(
             remove_made_dirs(made)
             raise OutputError(f"{extract_to.parent}: cannot create a staging directory there ({e.strerror})") from None
     try:
-        report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast)
+        report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast,
+                                allow_expired=allow_expired, now=now)
         if sink is not None:
             if report.ok:
                 sink.commit()

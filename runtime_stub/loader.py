@@ -285,12 +285,15 @@ def find_bundle(arg: Optional[str]) -> Path:
 VERIFICATION_CLASSES = {10, 11, 12, 13, 14, 15, 16, 17}
 
 
-def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy: Optional[str] = None) -> Dict[str, Tuple[int, str]]:
+def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy: Optional[str] = None,
+                  allow_expired: bool = False) -> Dict[str, Tuple[int, str]]:
     """Run the stdlib verifier on ``root`` in an isolated child process (``python -I``).
 
     Returns what it proved: every signed file's size and SHA-256. Trust (``--policy``,
-    ``BUNDLE_POLICY``, ``--trust`` or ``BUNDLE_TRUST``) is read by the verifier itself, so the loader and verify.py can never read
-    it differently. Any failure stops the loader with the verifier's exit code.
+    ``BUNDLE_POLICY``, ``--trust`` or ``BUNDLE_TRUST``) is read by the verifier itself, so the
+    loader and verify.py can never read it differently. Any failure stops the loader with the
+    verifier's exit code. ``allow_expired`` passes ``--allow-expired`` on (only when set: an
+    older standalone verify.py lacks the flag).
     """
     tool = Path(verifier) if verifier else Path(__file__).resolve().parent / "verify.py"
     if not tool.is_file():
@@ -300,6 +303,8 @@ def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy:
         cmd += ["--trust", t]
     if policy:
         cmd += ["--policy", policy]
+    if allow_expired:
+        cmd.append("--allow-expired")
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     try:
         report = json.loads(p.stdout)
@@ -1008,6 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--policy", help="trust policy file (default: $BUNDLE_POLICY); replaces --trust")
     common.add_argument("--verifier", help="verify.py to use (default: runtime/verify.py of the bundle)")
     common.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
+    common.add_argument("--allow-expired", action="store_true",
+                        help="accept a bundle whose signature has expired (passed to the verifier)")
     common.add_argument("--engine", help="force an engine, by target label or file name")
     common.add_argument("--precision", help="only engines of this precision (fp32, fp16, bf16, int8, fp8)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
@@ -1053,7 +1060,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle: no signature or digest is checked\n")
             proven = None
         else:
-            proven = verify_bundle(root, args.trust, args.verifier, args.policy)
+            proven = verify_bundle(root, args.trust, args.verifier, args.policy, args.allow_expired)
             args.verified = True
             stop_after_verify_for_tests()
         files = BundleFiles(root, proven)

@@ -63,6 +63,7 @@ import binascii
 import ctypes
 import ctypes.util
 import dataclasses
+import datetime
 import enum
 import hashlib
 import io
@@ -803,6 +804,7 @@ class Statement:
     subject: str
     resources: Dict[str, str]
     ignore_paths: Tuple[str, ...]
+    expires: Optional[str] = None  # predicate.expires: this signature's end of validity (UTC)
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -891,13 +893,32 @@ def parse_statement(payload: bytes, where: str) -> Statement:
                 raise ValueError(f"resource {name!r} listed twice")
             resources[name] = digest
         ignore = tuple(str(p) for p in ser.get("ignore_paths", []))
+        expires = pred.get("expires")
+        if "expires" in pred:
+            expires_epoch(expires)  # one strict form, or the statement is refused
     except RecursionError:
         raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
         raise SignatureError(f"{where}: signed statement is malformed ({e})", member=where) from None
     if subject_digest(resources) != root:
         raise SignatureError(f"{where}: signed statement's subject digest does not match its resources", member=where)
-    return Statement(subject, resources, ignore)
+    return Statement(subject, resources, ignore, expires)
+
+
+_EXPIRES_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
+
+
+def expires_epoch(value: Any) -> int:
+    """Seconds since the epoch of a signed expiry, which has exactly one form: an RFC 3339 UTC
+    time ``YYYY-MM-DDTHH:MM:SSZ`` (ASCII digits, no fraction, no offset other than ``Z``), a
+    real calendar time. One form, so that every verifier reads the same instant from it."""
+    if not isinstance(value, str) or not _EXPIRES_RE.match(value):
+        raise ValueError("expires is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
+    try:
+        t = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        raise ValueError("expires is not a real calendar time") from None
+    return int(t.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 MAX_JSON_DEPTH = 64  # no bundle document nests deeper than 6; json's own limit is a RecursionError
@@ -1776,6 +1797,7 @@ class SignerReport:
     name: str = ""  # the policy's name for the key
     counted: bool = False  # counted towards the policy rule's threshold
     reason: str = ""  # why not counted
+    expires: Optional[str] = None  # the signed statement's predicate.expires, for a valid signature
 
 
 @dataclass
@@ -1844,6 +1866,8 @@ class VerifyReport:
     exit_code: int = int(ExitCode.INTERNAL)
     error: Optional[Failure] = None
     sha256: Optional[str] = None
+    content_digest: Optional[str] = None  # the signed subject digest: what every signature signs
+    expired_accepted: bool = False  # a counted signature had expired and --allow-expired took it
     root: Optional[str] = None
     name: Optional[str] = None
     version: Optional[str] = None
@@ -1880,8 +1904,11 @@ Ecdsa = Callable[["PublicKey", bytes, bytes], bool]
 
 class _State:
     def __init__(self, report: VerifyReport, ecdsa: Optional[Ecdsa] = None, sink: Optional[Sink] = None,
-                 tick: Optional[Callable[[], None]] = None) -> None:
+                 tick: Optional[Callable[[], None]] = None, allow_expired: bool = False,
+                 now: Optional[float] = None) -> None:
         self.report = report
+        self.allow_expired = allow_expired
+        self.now = now  # None: the host clock, read when the expiry is checked
         self.ecdsa = ecdsa or ecdsa_p256_verify
         self.sink = sink
         self.tick = tick
@@ -1897,14 +1924,17 @@ class _State:
 
 def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy], limits: Limits = Limits(),
                   require_host: bool = False, threaded: bool = True, *, sink: Optional[Sink] = None,
-                  progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None) -> VerifyReport:
+                  progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None,
+                  allow_expired: bool = False, now: Optional[float] = None) -> VerifyReport:
     """Verify a bundle tar, or an extracted bundle directory, against trusted keys.
 
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
     Raises `InputError` for problems with the request itself (no such file, no key), and
     whatever ``sink`` raises (the caller's own output errors). ``progress(done, total)`` is
     called per chunk of a tar; ``ecdsa`` replaces the pure-Python signature check (the library
-    passes `cryptography`'s, cross-checked against this one in the tests).
+    passes `cryptography`'s, cross-checked against this one in the tests). ``allow_expired``
+    accepts a signature past its signed expiry (recorded as ``expired_accepted``); ``now``
+    replaces the host clock for that check (seconds since the epoch).
     """
     path = Path(path)
     is_dir = path.is_dir()
@@ -1916,7 +1946,7 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
     if not policy.keys:
         raise InputError("no trusted key given (--trust KEY.pub); a key inside the bundle is never trusted")
     report = VerifyReport(bundle=str(path))
-    state = _State(report, ecdsa, sink)
+    state = _State(report, ecdsa, sink, allow_expired=allow_expired, now=now)
     state.policy = policy
     try:
         if is_dir:
@@ -1990,6 +2020,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
     if not sig_files:
         raise SignatureError(f"no signature: a bundle's first members must be {root}/{SIGNATURES_DIR}/*.sig")
     st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
+    _record_expiry(st, sig_files)
     if st.statement.subject != root:
         raise BindingError(
             f"the signature is for {st.statement.subject!r} but the bundle's directory is {root!r}", member=root
@@ -2178,7 +2209,7 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
     return first
 
 
-def _check_policy(st: "_State", name: str, now: Optional[float] = None) -> None:
+def _check_policy(st: "_State", name: str) -> None:
     """Count the signatures against the policy rule for bundle ``name`` (from the manifest).
 
     A signature counts when it verifies, its key is not revoked (revocation has no date to
@@ -2186,14 +2217,12 @@ def _check_policy(st: "_State", name: str, now: Optional[float] = None) -> None:
     bundles signed before), the host clock is inside the key's validity window, the rule allows
     the key, and no signature by the same key counted already.
     """
-    import time as _time
-
     policy, report = st.policy, st.report
     rule = policy.rule_for(name)
     if rule is None:
         raise SignatureError(f"the trust policy ({policy.source}) has no rule for bundles named {name!r}")
     allowed = set(policy.allowed(rule))
-    now = _time.time() if now is None else now
+    now = _now(st)
     counted = []  # type: List[str]
     for sr in report.signers:
         tk = policy.keys.get(sr.key_id or "")
@@ -2211,13 +2240,54 @@ def _check_policy(st: "_State", name: str, now: Optional[float] = None) -> None:
             sr.counted = True
             counted.append(tk.key_id)
     report.policy = PolicyReport(policy.source, policy.version, rule.bundles, rule.threshold, counted)
-    if len(counted) < rule.threshold:
+    if len(counted) >= rule.threshold:
+        # Only counted signatures' expiries matter (an uncounted signer's says nothing here).
+        report.expired_accepted = _check_expiry([s for s in report.signers if s.counted], now, st.allow_expired)
+    else:
         why = "; ".join(f"{_short_key_id(s.key_id)}{' (' + s.name + ')' if s.name else ''}: {s.reason}"
                         for s in report.signers if not s.counted)
         raise SignatureError(f"trust policy{' ' + policy.source if policy.source != '--trust' else ''}: "
                              f"{len(counted)} of the {rule.threshold} signatures required for {name!r} "
                              f"(rule {rule.bundles!r}) counted" + (f"; not counted: {why}" if why else ""))
 
+
+def _now(st: "_State") -> float:
+    """The host clock (or a test's fixed time): key validity windows and signed expiries."""
+    return st.now if st.now is not None else datetime.datetime.now(datetime.timezone.utc).timestamp()
+
+
+def _record_expiry(st: _State, sig_files: List[Tuple[str, str, bytes]]) -> None:
+    """Right after `_check_signatures`: record the content digest and each valid signer's
+    signed expiry. The expiry rule itself (`_check_expiry`) is applied by `_check_policy` to the
+    signatures that counted. The statements were verified already: re-reading them here only
+    looks up ``predicate.expires``."""
+    report = st.report
+    assert st.statement is not None
+    report.content_digest = subject_digest(st.statement.resources)
+    files = {rel: (full, raw) for full, rel, raw in sig_files}
+    for s in report.signers:
+        if s.valid:
+            full, raw = files[s.file]
+            s.expires = parse_statement(parse_signature_file(raw, full).payload, full).expires
+
+
+def _check_expiry(signers: List[SignerReport], now: float, allow_expired: bool) -> bool:
+    """Fail if any counted signature is past its signed expiry (``now`` > ``expires``), unless
+    ``allow_expired``; return whether an expired signature was accepted that way.
+
+    Any one counted signer's expiry is enough: an expiry is its signer's statement that the
+    bundle must not be trusted after that time, and a countersignature without one does not
+    lift it. ``now`` is the host clock: see docs/security.md for what a wrong clock does.
+    """
+    expired = [(expires_epoch(s.expires), s) for s in signers
+               if s.expires is not None and now > expires_epoch(s.expires)]
+    if not expired:
+        return False
+    if allow_expired:
+        return True
+    _, first = min(expired, key=lambda e: e[0])
+    raise BindingError(f"bundle expired on {first.expires} (signature {_short_key_id(first.key_id)}); "
+                       "pass --allow-expired to accept it")
 
 def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> None:
     """Parse the (already digest-checked) manifest and bind it to the signed list.
@@ -2540,6 +2610,7 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
     if not sig_files:
         raise SignatureError(f"no signature: {full(SIGNATURES_DIR)}/ holds no *.sig file")
     st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
+    _record_expiry(st, sig_files)
     signed = st.statement.resources
     for p, d in signed.items():
         st.files[p] = FileReport(p, None, d)
@@ -2756,7 +2827,8 @@ def signer_lines(rep: VerifyReport) -> List[str]:
         else:
             state = f"not checked: {s.reason or 'untrusted key'}"
         name = f" ({s.name})" if s.name else ""
-        out.append(printable(f"signer:  {shown_key_id(s.key_id)}{name}  [{state}]"))
+        expires = f"  expires {s.expires}" if s.expires else ""
+        out.append(printable(f"signer:  {shown_key_id(s.key_id)}{name}  [{state}]{expires}"))
     if rep.policy is not None:
         p = rep.policy
         src = "--trust keys" if p.source == "--trust" else f"{p.source} version {p.version}"
@@ -2769,6 +2841,10 @@ def _print_report(rep: VerifyReport) -> None:
         print(f"VERIFIED {printable(rep.name)} {printable(rep.version)}  ({printable(rep.bundle)})")
     for line in signer_lines(rep):
         print(line)
+    if rep.expired_accepted:
+        print("expired: a signature has expired; accepted because of --allow-expired")
+    if rep.content_digest:
+        print(f"content: {rep.content_digest}")
     if rep.sha256:
         print(f"sha256:  {rep.sha256}")
     ok_files = sum(1 for f in rep.files if f.status == "ok")
@@ -2818,9 +2894,11 @@ def _main(argv: Optional[List[str]]) -> int:
                         help=f"trust policy file (default: ${POLICY_ENV}); replaces --trust (docs/trust-policy.md)")
     parser.add_argument("--json", dest="json_mode", action="store_true", help="print the full report as one JSON document")
     parser.add_argument("--require-host", action="store_true", help="also fail (exit 17) unless an engine can run on this host")
+    parser.add_argument("--allow-expired", action="store_true",
+                        help="accept a signature past its signed expiry (recorded in the report as expired_accepted)")
     args = parser.parse_args(argv)
     trusted = trust_from_args(args.trust, args.policy)
-    rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host)
+    rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host, allow_expired=args.allow_expired)
     if args.json_mode:
         print(json.dumps(rep.to_dict(), indent=2))
     else:
