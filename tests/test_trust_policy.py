@@ -75,22 +75,22 @@ def add_signature(bundle: Path, out: Path, sig_name: str, data: bytes) -> Path:
     return write_tar(out, entries)
 
 
-def countersign(bundle: Path, out: Path, key: Path) -> Path:
-    """Sign the bundle's own statement with another key (the library's signing code)."""
-    from bundler.signing import load_private_key, sign_statement
-    from runtime_stub.verify import parse_signature_file
+def countersign(bundle: Path, out: Path, key: Path, trust: Optional[Path] = None) -> Path:
+    """A second signer's `bundle sign`: it verifies the bundle (against the first signer's key)
+    and adds its own signature file, changing no other member."""
+    d = out.parent / (out.stem + "-signed")
+    r = run_bundle("sign", bundle, "--key", key, "--trust", trust or _RELEASE_PUB[0], "--out", d)
+    assert r.code == 0, r.err
+    (signed,) = d.glob("*.bundle.tar")
+    return signed
 
-    entries = read_entries(bundle)
-    name, data = next((ti.name, d) for ti, d in entries if "/signatures/" in ti.name)
-    statement = parse_signature_file(data, name).payload
-    k = load_private_key(key, None)
-    from bundler.signing import key_id
 
-    return add_signature(bundle, out, f"{key_id(k.public_key())}.sig", sign_statement(statement, k))
+_RELEASE_PUB: List[Path] = []
 
 
 @pytest.fixture(scope="module")
 def people(keys, third) -> List[dict]:  # noqa: ANN001
+    _RELEASE_PUB[:] = [keys["release"]["pub"]]
     return [dict(keys["release"], name="release CI"), dict(keys["other"], name="security officer"),
             dict(third, name="second officer")]
 
