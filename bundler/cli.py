@@ -516,6 +516,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
     if rep.host is not None and not rep.host.runnable:
         why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
         _say(c, Text(f"host:    {why}; the bundle is authentic, but none of its engines can run here"))
+    if rep.host_state is not None:
+        from runtime_stub.verify import state_line
+
+        _say(c, _plain(state_line(rep)))
 
 
 def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
@@ -525,13 +529,37 @@ def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
     raise typer.Exit(rep.exit_code)
 
 
-def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path]) -> None:
+def _state(path: Optional[Path], record: bool, allow_downgrade: bool, max_age: Optional[str],
+           records: bool = False):  # noqa: ANN202
+    """The host state a command uses (--state, else BUNDLE_STATE, else none), by the rule
+    verify.py and the loader use (`state_options`): flags that need a state without one are a
+    usage error, never silently ignored. ``records``: the command (extract, run) records in a
+    state whenever there is one; `verify` only with --record."""
+    from runtime_stub.verify import parse_duration, state_options
+
+    seconds = parse_duration(max_age) if max_age is not None else None
+    state = state_options(str(path) if path is not None else None, record, allow_downgrade, seconds)
+    if state is not None and records:
+        state.record = True
+    return state
+
+
+_STATE_HELP = "Host state file: rollback protection across runs (default: $BUNDLE_STATE; neither: no state)."
+_DOWNGRADE_HELP = "Accept a lower version than this host accepted before (logged in the state file)."
+_MAX_AGE_HELP = ("Refuse a bundle sealed more than DURATION (3600, 90m, 12h, 30d, 2w) before the newest one of its "
+                 "name this host has seen (exit 18).")
+
+
+def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path],
+                 state_args: tuple = (None, False, False, None, False)) -> None:
     from .verify import verify_bundle
 
     def go() -> None:
+        state = _state(*state_args)
         trusted = _trust(trust)
         with _Bar("verifying" if dest is None else "extracting") as bar:
-            rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update)
+            rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update,
+                                state=state)
         if json_mode:
             print(_json(rep.to_dict()))
         else:
@@ -550,9 +578,13 @@ def verify_cmd(
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
+    record: bool = typer.Option(False, "--record", help="Remember this bundle in the host state once it is verified."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify a bundle against trusted keys in one streaming pass. Exit 0 only if every check holds."""
-    _verify_like(bundle, trust, json_mode, require_host, None)
+    _verify_like(bundle, trust, json_mode, require_host, None, (state, record, allow_downgrade, max_age))
 
 
 @app.command("extract")
@@ -561,9 +593,12 @@ def extract_cmd(
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP + " An extracted bundle is recorded there."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify while extracting into a staging directory; move it to DEST only when all checks pass."""
-    _verify_like(bundle, trust, json_mode, False, dest)
+    _verify_like(bundle, trust, json_mode, False, dest, (state, False, allow_downgrade, max_age, True))
 
 
 @app.command("inspect")
@@ -768,12 +803,16 @@ def run_cmd(
     ctx: typer.Context,
     bundle: Path = typer.Argument(..., help="A .bundle.tar file or an extracted bundle directory."),
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP + " The bundle run is recorded there."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
     from .runtime import run_loader
 
     def go() -> None:
-        code = run_loader(bundle, _trust(trust), list(trust), ctx.args)
+        code = run_loader(bundle, _trust(trust), list(trust), ctx.args,
+                          state=_state(state, False, allow_downgrade, max_age, records=True))
         raise typer.Exit(code)
 
     _run(False, go)

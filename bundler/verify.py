@@ -29,7 +29,10 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     HostReport,
     SignerReport,
     Sink,
+    StateOptions,
+    StateReport,
     VerifyReport,
+    apply_host_state,
     host_report,
     installed_runtimes,
 )
@@ -146,13 +149,20 @@ def verify_bundle(
     require_host: bool = False,
     extract_to: Optional[Path] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    state: Optional[StateOptions] = None,
 ) -> VerifyReport:
     """Verify a bundle (a tar, or an extracted directory) against trusted keys; optionally
     extract a tar into ``extract_to``.
 
+    With ``state``, a verified bundle is also checked against the host state (rollback,
+    equal-version conflict, --max-age; a refusal is a failed report, exit 18) and, with
+    ``state.record``, remembered there, under the state's lock, after ``extract_to`` was
+    published: a refused bundle is never extracted, an extracted one is always recorded.
+
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
     Raises `InputError`/`OutputError` for problems with the request itself (no such file,
-    destination exists, the disk said no), which are not findings about the bundle.
+    destination exists, the disk said no, an unreadable state file), which are not findings
+    about the bundle.
     """
     path = Path(path)
     sink: Optional[_ExtractSink] = None
@@ -174,9 +184,20 @@ def verify_bundle(
             raise OutputError(f"{extract_to.parent}: cannot create a staging directory there ({e.strerror})") from None
     try:
         report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast)
-        if sink is not None:
-            if report.ok:
+        published = False
+
+        def publish() -> None:
+            nonlocal published
+            if sink is not None:
                 sink.commit()
+                published = True
+
+        if state is not None:
+            apply_host_state(report, state, publish)  # publishes inside the state's lock, if it accepts
+        elif report.ok:
+            publish()
+        if sink is not None:
+            if report.ok and published:
                 report.extracted_to = str(extract_to)
             else:
                 sink.abort()
