@@ -645,6 +645,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
     if rep.host is not None and not rep.host.runnable:
         why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
         _say(c, Text(f"host:    {why}; the bundle is authentic, but none of its engines can run here"))
+    if rep.host_state is not None:
+        from runtime_stub.verify import state_line
+
+        _say(c, _plain(state_line(rep)))
 
 
 def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
@@ -654,15 +658,38 @@ def _verify_failed(rep) -> NoReturn:  # noqa: ANN001 - VerifyReport
     raise typer.Exit(rep.exit_code)
 
 
+def _state(path: Optional[Path], record: bool, allow_downgrade: bool, max_age: Optional[str],
+           records: bool = False):  # noqa: ANN202
+    """The host state a command uses (--state, else BUNDLE_STATE, else none), by the rule
+    verify.py and the loader use (`state_options`): flags that need a state without one are a
+    usage error, never silently ignored. ``records``: the command (extract, run) records in a
+    state whenever there is one; `verify` only with --record."""
+    from runtime_stub.verify import parse_duration, state_options
+
+    seconds = parse_duration(max_age) if max_age is not None else None
+    state = state_options(str(path) if path is not None else None, record, allow_downgrade, seconds)
+    if state is not None and records:
+        state.record = True
+    return state
+
+
+_STATE_HELP = "Host state file: rollback protection across runs (default: $BUNDLE_STATE; neither: no state)."
+_DOWNGRADE_HELP = "Accept a lower version than this host accepted before (logged in the state file)."
+_MAX_AGE_HELP = ("Refuse a bundle sealed more than DURATION (3600, 90m, 12h, 30d, 2w) before the newest one of its "
+                 "name this host has seen (exit 18).")
+
+
 def _verify_like(bundle: Path, trust: List[Path], json_mode: bool, require_host: bool, dest: Optional[Path],
-                 policy: Optional[Path] = None, allow_expired: bool = False) -> None:
+                 state_args: tuple = (None, False, False, None, False), policy: Optional[Path] = None,
+                 allow_expired: bool = False) -> None:
     from .verify import verify_bundle
 
     def go() -> None:
+        state = _state(*state_args)
         trusted = _trust(trust, policy)
         with _Bar("verifying" if dest is None else "extracting") as bar:
             rep = verify_bundle(bundle, trusted, require_host=require_host, extract_to=dest, progress=bar.update,
-                                allow_expired=allow_expired)
+                                state=state, allow_expired=allow_expired)
         if json_mode:
             print(_json(rep.to_dict()))
         else:
@@ -683,9 +710,14 @@ def verify_cmd(
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     require_host: bool = typer.Option(False, "--require-host", help="Also fail (exit 17) unless an engine can run on this host."),
     allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP),
+    record: bool = typer.Option(False, "--record", help="Remember this bundle in the host state once it is verified."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify a bundle against trusted keys in one streaming pass. Exit 0 only if every check holds."""
-    _verify_like(bundle, trust, json_mode, require_host, None, policy, allow_expired)
+    _verify_like(bundle, trust, json_mode, require_host, None, (state, record, allow_downgrade, max_age), policy,
+                 allow_expired)
 
 
 @app.command("extract")
@@ -696,9 +728,13 @@ def extract_cmd(
     dest: Path = typer.Option(..., "--dest", help="Directory to create; it appears only if every check passes."),
     json_mode: bool = typer.Option(False, "--json", help="Print the full report as one JSON document."),
     allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP + " An extracted bundle is recorded there."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify while extracting into a staging directory; move it to DEST only when all checks pass."""
-    _verify_like(bundle, trust, json_mode, False, dest, policy, allow_expired)
+    _verify_like(bundle, trust, json_mode, False, dest, (state, False, allow_downgrade, max_age, True), policy,
+                 allow_expired)
 
 
 @app.command("inspect")
@@ -907,12 +943,16 @@ def run_cmd(
     trust: List[Path] = typer.Option([], "--trust", help="Trusted public key PEM (repeatable; default: $BUNDLE_TRUST)."),
     policy: Optional[Path] = _POLICY_OPTION,
     allow_expired: bool = typer.Option(False, "--allow-expired", help=_ALLOW_EXPIRED_HELP),
+    state: Optional[Path] = typer.Option(None, "--state", help=_STATE_HELP + " The bundle run is recorded there."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help=_DOWNGRADE_HELP),
+    max_age: Optional[str] = typer.Option(None, "--max-age", metavar="DURATION", help=_MAX_AGE_HELP),
 ) -> None:
     """Verify, then run the bundle's loader: `bundle run B --trust K -- selftest|run|bench|info ...`."""
     from .runtime import run_loader
 
     def go() -> None:
-        code = run_loader(bundle, _trust(trust, policy), list(trust), ctx.args, policy, allow_expired=allow_expired)
+        code = run_loader(bundle, _trust(trust, policy), list(trust), ctx.args, policy, allow_expired=allow_expired,
+                          state=_state(state, False, allow_downgrade, max_age, records=True))
         raise typer.Exit(code)
 
     _run(False, go)

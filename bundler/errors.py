@@ -28,6 +28,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     KeyFileError,
     LimitsError,
     MembersError,
+    RollbackError,
     SignatureError,
     UnsafeMemberError,
     UsageError,
@@ -72,7 +73,7 @@ class Interrupted(KeyboardInterrupt):
 def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
     """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
     for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
-                BindingError, HostError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
+                BindingError, HostError, RollbackError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
         if int(cls.code) == int(code):
             return cls(message, member=member)
     return BundleError(message, member=member)

@@ -18,13 +18,16 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from .errors import InputError, OutputError, error_for_code
 from .fsutil import make_workdir, remove_stale
 from .proc import die_with_parent
 from .signing import TrustedKey
 from runtime_stub.verify import TrustPolicy
+
+if TYPE_CHECKING:  # the verifier is imported when a bundle is run, not when this module is
+    from .verify import StateOptions
 
 VERIFIER = "verify.py"
 LOADER = "loader.py"
@@ -60,11 +63,31 @@ def write_verifier(dest: Path) -> None:
     _write_new(dest, verifier_bytes(), 0o755)
 
 
+def _state_flags(state: Optional[StateOptions], record: bool) -> List[str]:
+    """The loader's flags for the host state, passed on to the verifier it runs."""
+    if state is None:
+        return []
+    flags = ["--state", str(state.path)]
+    if record:
+        flags.append("--record")
+    if state.allow_downgrade:
+        flags.append("--allow-downgrade")
+    if state.max_age is not None:
+        flags += ["--max-age", str(state.max_age)]
+    return flags
+
+
 def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", trust_paths: List[Path],
-               args: List[str], policy: Optional[Path] = None, allow_expired: bool = False) -> int:
+               args: List[str], policy: Optional[Path] = None, allow_expired: bool = False,
+               state: Optional[StateOptions] = None) -> int:
     """Verify ``bundle`` (a tar or an extracted directory), then run the installed loader's
     ``ARGS`` on it with ``python -I``. Returns the loader's exit code. ``allow_expired`` goes
     to both verifications (the library's of a tar, the loader's own of the directory).
+
+    With ``state`` the bundle is checked against the host state and recorded there, like
+    `extract`: a tar by the library once it is extracted into the private directory, a directory
+    by the verifier the loader runs (``--record``). The loader's own verification checks the
+    same state again (the bundle is then the accepted one), never recording a second time.
 
     The private working directory is removed on success, failure, Ctrl-C and SIGTERM (the CLI
     turns SIGTERM into an exception); one left by a SIGKILLed run is removed by the next run.
@@ -87,13 +110,16 @@ def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]
         _write_new(loader, loader_bytes(), 0o600)
         _write_new(verifier, verifier_bytes(), 0o600)
         root = bundle
+        record_in_loader = state is not None and state.record
         if bundle.is_file():
             root = work / "bundle"
-            report = verify_bundle(bundle, trusted, extract_to=root, allow_expired=allow_expired)
+            report = verify_bundle(bundle, trusted, extract_to=root, allow_expired=allow_expired, state=state)
             if not report.ok:
                 assert report.error is not None
                 raise error_for_code(report.exit_code, report.error.message, report.error.member)
+            record_in_loader = False  # recorded above, once extracted
         cmd = [sys.executable, "-I", str(loader), args[0], "--bundle", str(root), "--verifier", str(verifier)]
+        cmd += _state_flags(state, record_in_loader)
         for t in trust_paths:
             cmd += ["--trust", str(t)]
         if policy is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, List, Optional, Dict
+from typing import Callable, Dict, List, Optional, Union
 
 from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's names for them
     MAX_MANIFEST_SIZE,
@@ -29,7 +29,11 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     HostReport,
     SignerReport,
     Sink,
+    StateOptions,
+    StateReport,
+    TrustPolicy,
     VerifyReport,
+    apply_host_state,
     host_report,
     installed_runtimes,
 )
@@ -140,7 +144,7 @@ class _ExtractSink(Sink):
 
 def verify_bundle(
     path: Path,
-    trusted: Dict[str, TrustedKey],
+    trusted: "Union[Dict[str, TrustedKey], TrustPolicy]",
     *,
     limits: Limits = Limits(),
     require_host: bool = False,
@@ -148,13 +152,20 @@ def verify_bundle(
     progress: Optional[Callable[[int, int], None]] = None,
     allow_expired: bool = False,
     now: Optional[float] = None,
+    state: Optional[StateOptions] = None,
 ) -> VerifyReport:
     """Verify a bundle (a tar, or an extracted directory) against trusted keys; optionally
     extract a tar into ``extract_to``.
 
+    With ``state``, a verified bundle is also checked against the host state (rollback,
+    equal-version conflict, --max-age; a refusal is a failed report, exit 18) and, with
+    ``state.record``, remembered there, under the state's lock, after ``extract_to`` was
+    published: a refused bundle is never extracted, an extracted one is always recorded.
+
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
     Raises `InputError`/`OutputError` for problems with the request itself (no such file,
-    destination exists, the disk said no), which are not findings about the bundle.
+    destination exists, the disk said no, an unreadable state file), which are not findings
+    about the bundle.
     ``allow_expired`` accepts a signature past its signed expiry (``report.expired_accepted``);
     ``now`` (seconds since the epoch) replaces the host clock for that check.
     """
@@ -179,9 +190,20 @@ def verify_bundle(
     try:
         report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast,
                                 allow_expired=allow_expired, now=now)
-        if sink is not None:
-            if report.ok:
+        published = False
+
+        def publish() -> None:
+            nonlocal published
+            if sink is not None:
                 sink.commit()
+                published = True
+
+        if state is not None:
+            apply_host_state(report, state, publish)  # publishes inside the state's lock, if it accepts
+        elif report.ok:
+            publish()
+        if sink is not None:
+            if report.ok and published:
                 report.extracted_to = str(extract_to)
             else:
                 sink.abort()

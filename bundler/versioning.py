@@ -1,24 +1,19 @@
 """Bundle versions are semantic versions (semver.org 2.0), ordered as such.
 
 Ordering matters to operators: a host that runs 1.10.0 must not be "upgraded" to 1.9.0, and
-1.0.0-rc.1 comes before 1.0.0. Whether a string is a version, and whether a name is a bundle
-name, are verification rules, defined once in the shared code (runtime_stub/verify.py); the
-`semver` package gives the precedence order.
+1.0.0-rc.1 comes before 1.0.0. Whether a string is a version, whether a name is a bundle name,
+and which of two versions is higher are verification rules (the host state refuses a rollback by
+them), so all three are defined once, in the shared code (runtime_stub/verify.py, standard
+library only) and re-exported here: the builder and every verifier order versions alike.
 """
 
 from __future__ import annotations
 
-import semver
+from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's names for them
+    check_bundle_name,
+    check_version,
+    compare_versions,
+    version_key,
+)
 
-from runtime_stub.verify import check_bundle_name  # noqa: F401 - re-exported
-from runtime_stub.verify import check_version as _check_version
-
-
-def check_version(text: str) -> semver.Version:
-    _check_version(text)  # the one rule (and its message); semver then orders what passed it
-    return semver.Version.parse(text)
-
-
-def version_key(text: str) -> semver.Version:
-    """Sort key for versions: ``sorted(vs, key=version_key)`` gives semver precedence."""
-    return check_version(text)
+__all__ = ["check_bundle_name", "check_version", "compare_versions", "version_key"]

@@ -21,9 +21,11 @@ they installed and checked once). Trust is read by that verifier, the same way i
 run alone: ``--trust KEY.pub`` (repeatable), else ``BUNDLE_TRUST`` (key files separated by
 ``os.pathsep``). Without trust it refuses, unless ``--no-verify`` is given: then nothing is
 checked against a signature, the manifest and every file are used as found, and every report
-says ``"verified": false``.
+says ``"verified": false``. The host state (``--state FILE`` or ``BUNDLE_STATE``, with
+``--record``, ``--allow-downgrade``, ``--max-age``) is likewise the verifier's: the loader passes
+the flags on, so an older bundle than this host accepted is refused (exit 18).
 
-Exit codes: 0 ok; 2 usage; 3 bad input (files, names, dtypes, shapes); 10-16 verification
+Exit codes: 0 ok; 2 usage; 3 bad input (files, names, dtypes, shapes); 10-18 verification
 failures (as `bundle verify`; 12 also when a file changed after it was verified); 20 no engine in
 the bundle fits this host; 21 selftest outside tolerance; 22 runtime or CUDA failure; 130/143
 interrupted (SIGINT/SIGTERM).
@@ -282,18 +284,20 @@ def find_bundle(arg: Optional[str]) -> Path:
     return root
 
 
-VERIFICATION_CLASSES = {10, 11, 12, 13, 14, 15, 16, 17}
+VERIFICATION_CLASSES = {10, 11, 12, 13, 14, 15, 16, 17, 18}
 
 
 def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy: Optional[str] = None,
-                  allow_expired: bool = False) -> Dict[str, Tuple[int, str]]:
+                  allow_expired: bool = False, state_flags: Optional[List[str]] = None) -> Dict[str, Tuple[int, str]]:
     """Run the stdlib verifier on ``root`` in an isolated child process (``python -I``).
 
     Returns what it proved: every signed file's size and SHA-256. Trust (``--policy``,
     ``BUNDLE_POLICY``, ``--trust`` or ``BUNDLE_TRUST``) is read by the verifier itself, so the
-    loader and verify.py can never read it differently. Any failure stops the loader with the
-    verifier's exit code. ``allow_expired`` passes ``--allow-expired`` on (only when set: an
-    older standalone verify.py lacks the flag).
+    loader and verify.py can never read it differently; so is the host state (``state_flags``:
+    --state, --record, --allow-downgrade, --max-age, passed on as given; else ``BUNDLE_STATE``,
+    which the child inherits), so a bundle older than one this host accepted is refused here too
+    (exit 18). ``allow_expired`` passes ``--allow-expired`` on (only when set: an older
+    standalone verify.py lacks the flag). Any failure stops the loader with the verifier's exit code.
     """
     tool = Path(verifier) if verifier else Path(__file__).resolve().parent / "verify.py"
     if not tool.is_file():
@@ -305,6 +309,7 @@ def verify_bundle(root: Path, trust: List[str], verifier: Optional[str], policy:
         cmd += ["--policy", policy]
     if allow_expired:
         cmd.append("--allow-expired")
+    cmd += state_flags or []
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     try:
         report = json.loads(p.stdout)
@@ -1015,6 +1020,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
     common.add_argument("--allow-expired", action="store_true",
                         help="accept a bundle whose signature has expired (passed to the verifier)")
+    common.add_argument("--state", metavar="FILE", help="host state file, passed to the verifier (default: $BUNDLE_STATE)")
+    common.add_argument("--record", action="store_true", help="the verifier records the bundle in the host state")
+    common.add_argument("--allow-downgrade", action="store_true", help="the verifier accepts a lower version than "
+                        "this host accepted before")
+    common.add_argument("--max-age", metavar="DURATION", help="the verifier refuses a bundle sealed more than DURATION "
+                        "before the newest one of its name seen on this host")
     common.add_argument("--engine", help="force an engine, by target label or file name")
     common.add_argument("--precision", help="only engines of this precision (fp32, fp16, bf16, int8, fp8)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
@@ -1032,6 +1043,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--no-graph", action="store_true", help="do not capture a CUDA graph")
     return p
+
+
+def state_flags(args: argparse.Namespace) -> List[str]:
+    """The host-state flags given to the loader, as the verifier takes them."""
+    flags = ["--state", args.state] if args.state else []
+    flags += ["--record"] if args.record else []
+    flags += ["--allow-downgrade"] if args.allow_downgrade else []
+    flags += ["--max-age", args.max_age] if args.max_age else []
+    return flags
 
 
 class Terminated(BaseException):
@@ -1056,11 +1076,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         root = find_bundle(args.bundle)
         refuse_outputs_inside(args, root)
+        if args.no_verify and state_flags(args):
+            raise LoaderError("--state, --record, --allow-downgrade and --max-age need verification; "
+                              "they cannot go with --no-verify", EXIT_USAGE)
         if args.no_verify:
             sys.stderr.write("warning: --no-verify: running an UNVERIFIED bundle: no signature or digest is checked\n")
             proven = None
         else:
-            proven = verify_bundle(root, args.trust, args.verifier, args.policy, args.allow_expired)
+            proven = verify_bundle(root, args.trust, args.verifier, args.policy, args.allow_expired, state_flags(args))
             args.verified = True
             stop_after_verify_for_tests()
         files = BundleFiles(root, proven)

@@ -18,7 +18,8 @@ Exit codes: 0 verified; 1 internal error; 2 usage; 3 bad input; 4 key problem; 1
 (not a tar, damaged, truncated, data after the end); 11 signature; 12 digest; 13 members
 (extra, missing, duplicated); 14 unsafe member (links, devices, '..', setuid, odd PAX keys, case
 clash); 15 limits; 16 binding (signed metadata disagrees with the bundle); 17 host (only with
---require-host).
+--require-host); 18 rollback (only with a host state, --state or BUNDLE_STATE: older than a
+version this host accepted, a different bundle under an accepted version, or stale by --max-age).
 
 Signatures are OpenSSF model-signing v1.0 files (sigstore bundle v0.3 JSON, DSSE envelope,
 in-toto statement) made with ECDSA P-256 keys; the ECDSA verification below is written out in
@@ -60,6 +61,8 @@ if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sy
 import argparse  # noqa: E402 - after the sys.path guard, on purpose
 import base64
 import binascii
+import calendar
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -74,9 +77,11 @@ import mmap
 import os
 import queue
 import re
+import signal
 import stat
 import struct
 import threading
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +148,7 @@ class ExitCode(enum.IntEnum):
     LIMITS = 15
     BINDING = 16
     HOST = 17
+    ROLLBACK = 18  # the host state refuses an authentic bundle: older, equivocating or stale
 
 
 class BundleError(Exception):
@@ -1878,6 +1884,8 @@ class VerifyReport:
     engines: List[EngineReport] = field(default_factory=list)
     host: Optional[HostReport] = None
     extracted_to: Optional[str] = None
+    content_digest: Optional[str] = None  # the accepted statement's subject digest (subject_digest)
+    host_state: "Optional[StateReport]" = None  # what the host state said (--state), else None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -1978,6 +1986,8 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
         report.ok = False
         report.exit_code = int(e.code)
         report.error = Failure(int(e.code), e.failure_class, e.member, e.message)
+    if state.statement is not None:  # what the trusted signature covers, whoever countersigned it
+        report.content_digest = subject_digest(state.statement.resources)
     report.files = sorted(state.files.values(), key=lambda r: r.path)
     return report
 
@@ -2787,6 +2797,448 @@ def host_report(manifest: Optional[Manifest], engines: List[EngineReport], requi
     return rep
 
 
+# == host state (rollback and freeze protection) ===============================================
+#
+# A signature proves who made a bundle, not that it is the newest one: an attacker who holds the
+# stick can hand a host an older, validly signed bundle (a rollback to a version with a known
+# bug), a different bundle under a version the host already runs, or keep replaying an old one
+# forever (a frozen feed). The host therefore remembers, per bundle name, the highest version it
+# accepted, the signed content digest of every version it accepted, and the newest seal time
+# (the manifest's `created`) it has seen, in one JSON file the operator names (--state FILE or
+# BUNDLE_STATE; there is no implicit default, so a verdict never depends on a file nobody asked
+# for). docs/security.md ("Rollback and freeze") says what this protects against and what not.
+#
+# The file is only ever replaced whole (temporary file, fsync, rename, fsync of the directory),
+# so a reader without the lock always sees a complete file; writers hold an exclusive flock on
+# FILE.lock, beside it, from reading the state to writing it. A file that does not parse is
+# refused (exit 3), never reset: resetting it would silently drop the very protection it holds.
+
+STATE_ENV = "BUNDLE_STATE"
+STATE_FORMAT = "trt-bundler-state/1"
+MAX_STATE_SIZE = 16 << 20
+_CREATED_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
+_CREATED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_DURATION_RE = re.compile(r"([0-9]{1,12})([smhdw]?)\Z")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class RollbackError(VerificationError):
+    """An authentic bundle that this host's state refuses (exit 18): a lower version than one
+    accepted here, another bundle under an accepted version, or a seal older than --max-age
+    allows. A class of its own, so that a script can tell "old" from "forged"."""
+
+    code = ExitCode.ROLLBACK
+
+
+class StateFileError(BundleError):
+    """The state file cannot be read or is not a state file (exit 3). Never reset silently."""
+
+    code = ExitCode.INPUT
+
+
+class StateWriteError(BundleError):
+    """The state file, its lock or its temporary file cannot be written (exit 6)."""
+
+    code = ExitCode.OUTPUT
+
+
+def version_key(text: str) -> Tuple[Any, ...]:
+    """Sort key giving semantic-versioning precedence (semver.org 2.0, section 11): the one
+    ordering rule for bundle versions, used by the host state and by the library.
+
+    MAJOR, MINOR and PATCH compare numerically; a pre-release sorts before its release; pre-release
+    identifiers compare left to right, numeric ones numerically and below alphanumeric ones, which
+    compare in ASCII order; a longer list of equal leading identifiers is higher; build metadata
+    is ignored. Raises `InputError` for a string that is not a semantic version.
+    """
+    check_version(text)
+    m = _SEMVER_RE.match(text)
+    assert m is not None
+    pre = m.group("prerelease")
+    if pre is None:
+        tail = (1,)  # type: Tuple[Any, ...]
+    else:
+        tail = (0, tuple((0, int(i), "") if i.isdigit() else (1, 0, i) for i in pre.split(".")))
+    return (int(m.group("major")), int(m.group("minor")), int(m.group("patch"))) + tail
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version ``a`` has lower, equal or higher precedence than ``b``."""
+    ka, kb = version_key(a), version_key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def parse_duration(text: Any) -> int:
+    """``--max-age``: seconds, or a number with s, m, h, d or w (``90d``, ``12h``). Raises
+    `UsageError`: a duration is something the operator typed."""
+    m = _DURATION_RE.match(str(text).strip())
+    if m is None:
+        raise UsageError(f"--max-age {text!r}: give a duration such as 3600, 90m, 12h, 30d or 2w")
+    return int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_created(text: Any) -> Optional[int]:
+    """A manifest's `created` (UTC, ``YYYY-MM-DDTHH:MM:SSZ``, as `bundle seal` writes it) in
+    seconds since the epoch, or None if it is not in that form."""
+    if not isinstance(text, str) or not _CREATED_RE.match(text):
+        return None
+    try:
+        return calendar.timegm(time.strptime(text, _CREATED_FORMAT))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _show_duration(seconds: int) -> str:
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass
+class StateEntry:
+    """What a host remembers about one bundle name."""
+
+    name: str
+    version: str  # the highest version accepted here
+    content_digest: str  # that version's signed content digest
+    newest_created: Optional[str]  # the newest seal time seen for this name (freshness)
+    accepted: Dict[str, str] = field(default_factory=dict)  # every version accepted -> its digest
+    updated: Optional[str] = None  # host clock at the last record: for people, never compared
+
+
+@dataclass
+class HostState:
+    bundles: Dict[str, StateEntry] = field(default_factory=dict)
+    log: List[Dict[str, Any]] = field(default_factory=list)  # append-only: every --allow-downgrade used
+
+    def to_dict(self) -> Dict[str, Any]:
+        bundles = {}
+        for name in sorted(self.bundles):
+            d = dataclasses.asdict(self.bundles[name])
+            del d["name"]
+            bundles[name] = d
+        return {"format": STATE_FORMAT, "bundles": bundles, "log": self.log}
+
+
+@dataclass
+class StateOptions:
+    """What the caller asked of the host state: where it is, whether to record an accepted
+    bundle, whether a lower version may pass (logged when recorded), and a freshness window."""
+
+    path: Path
+    record: bool = False
+    allow_downgrade: bool = False
+    max_age: Optional[int] = None  # seconds
+
+
+@dataclass
+class StateReport:
+    """The host state's part of a verify report."""
+
+    path: str
+    previous_version: Optional[str]  # the highest version accepted here before this bundle
+    downgrade: bool  # lower than previous_version, let through by --allow-downgrade
+    recorded: bool  # written to the state file
+
+
+def state_options(path: Optional[str], record: bool = False, allow_downgrade: bool = False,
+                  max_age: Optional[int] = None) -> Optional[StateOptions]:
+    """The host state a command uses: ``--state``, else ``BUNDLE_STATE``, else none (the flags
+    that need one are then a usage error rather than silently doing nothing)."""
+    chosen = path or os.environ.get(STATE_ENV) or None
+    if chosen is None:
+        wanted = [f for f, on in (("--record", record), ("--allow-downgrade", allow_downgrade),
+                                  ("--max-age", max_age is not None)) if on]
+        if wanted:
+            raise UsageError(f"{', '.join(wanted)} needs a host state file: pass --state FILE or set {STATE_ENV}")
+        return None
+    return StateOptions(Path(chosen), record, allow_downgrade, max_age)
+
+
+def _state_error(path: Path, why: str) -> StateFileError:
+    return StateFileError(f"{path}: not a usable host state file ({why}); repair or restore it "
+                          f"(it is never reset automatically: that would drop its rollback protection)")
+
+
+def _parse_state(doc: Any, path: Path) -> HostState:
+    def need(cond: bool, why: str) -> None:
+        if not cond:
+            raise _state_error(path, why)
+
+    need(isinstance(doc, dict), "not a JSON object")
+    need(doc.get("format") == STATE_FORMAT, f"format is not {STATE_FORMAT!r}")
+    need(set(doc) == {"format", "bundles", "log"}, "unexpected or missing top-level keys")
+    bundles, log = doc["bundles"], doc["log"]
+    need(isinstance(bundles, dict) and isinstance(log, list), "bundles is not an object or log not a list")
+    need(all(isinstance(e, dict) for e in log), "a log entry is not an object")
+    state = HostState(log=log)
+    keys = {"version", "content_digest", "newest_created", "accepted", "updated"}
+    for name, e in bundles.items():
+        where = f"bundles[{name!r}]"
+        try:
+            check_bundle_name(name)
+        except InputError:
+            need(False, f"{where}: not a bundle name")
+        need(isinstance(e, dict) and set(e) == keys, f"{where}: unexpected or missing keys")
+        acc = e["accepted"]
+        need(isinstance(acc, dict) and all(isinstance(d, str) and _HEX64.fullmatch(d) for d in acc.values()),
+             f"{where}.accepted: not an object of content digests")
+        for v in list(acc) + [e["version"]]:
+            try:
+                check_version(v)
+            except InputError:
+                need(False, f"{where}: {v!r} is not a semantic version")
+        need(isinstance(e["content_digest"], str) and acc.get(e["version"]) == e["content_digest"],
+             f"{where}: version and content_digest do not match accepted")
+        need(all(compare_versions(v, e["version"]) <= 0 for v in acc), f"{where}: version is not the highest accepted")
+        need(e["newest_created"] is None or parse_created(e["newest_created"]) is not None,
+             f"{where}.newest_created: not a YYYY-MM-DDTHH:MM:SSZ time")
+        need(e["updated"] is None or isinstance(e["updated"], str), f"{where}.updated: not a string")
+        state.bundles[name] = StateEntry(name, e["version"], e["content_digest"], e["newest_created"], dict(acc), e["updated"])
+    return state
+
+
+def load_state(path: Path) -> HostState:
+    """Read the state file; a file that does not exist yet is an empty state (a fresh host).
+    Raises `StateFileError` for anything else that is not a complete, valid state file."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
+    except FileNotFoundError:
+        return HostState()
+    except OSError as e:
+        raise _state_error(path, e.strerror or str(e)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _state_error(path, "not a regular file")
+        if st.st_size > MAX_STATE_SIZE:
+            raise _state_error(path, f"{st.st_size} bytes is over the limit of {MAX_STATE_SIZE}")
+        chunks = []
+        while True:
+            chunk = os.read(fd, CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as e:
+        raise _state_error(path, e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    try:
+        doc = loads_strict(b"".join(chunks))
+    except (StrictJSONError, RecursionError, UnicodeDecodeError, ValueError) as e:
+        raise _state_error(path, f"not strict JSON: {e}") from None
+    return _parse_state(doc, path)
+
+
+@contextlib.contextmanager
+def state_lock(path: Path) -> Any:
+    """Hold an exclusive lock on ``PATH.lock`` (created beside the state file, never removed:
+    removing a lock file lets two writers lock two different files). Blocks while another
+    command holds it; a signal still interrupts the wait. The kernel drops the lock when the
+    descriptor is closed, also when the process is killed."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        raise StateWriteError("a host state needs file locking (fcntl), which this platform lacks") from None
+    lock = Path(str(path) + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise StateWriteError(f"{lock}: cannot open the host state's lock file ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def _prepare_state(path: Path, state: HostState) -> Path:
+    """Write the new state to a temporary file beside ``path`` and fsync it; the caller renames
+    it into place (`_commit_state`) or removes it. Leftovers of a killed writer are removed first
+    (the caller holds the lock, so every temporary file there is a leftover)."""
+    path = Path(path)
+    directory = path.parent
+    try:
+        for old in os.listdir(directory):
+            if old.startswith(_temp_prefix(path)):
+                os.unlink(directory / old)
+    except OSError:
+        pass  # a leftover that cannot be removed costs disk space, not correctness
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o644  # readable by every operator account: checks without --record need no lock
+    data = (json.dumps(state.to_dict(), indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
+    tmp = directory / f"{_temp_prefix(path)}{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StateWriteError(f"{path}: cannot write the host state ({e.strerror or e})") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise StateWriteError(f"{path}: cannot write the host state ({e.strerror or e})") from None
+        raise
+    return tmp
+
+
+def _commit_state(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+        dfd = os.open(Path(path).parent, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise StateWriteError(f"{path}: cannot replace the host state ({e.strerror or e})") from None
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def check_freshness(state_entry: Optional[StateEntry], created: Optional[str], max_age_seconds: int) -> None:
+    """Refuse a bundle sealed more than ``max_age_seconds`` before the newest seal time this host
+    has seen for its name (a frozen feed replaying an old, validly signed bundle forever).
+
+    It never reads the host clock: the reference is the newest signed `created` seen, so a wrong
+    host clock neither refuses good bundles nor lets stale ones through. A first bundle of a name
+    has nothing to be compared with and passes. Raises `RollbackError`.
+    """
+    if state_entry is None or state_entry.newest_created is None:
+        return
+    newest = parse_created(state_entry.newest_created)
+    mine = parse_created(created)
+    if newest is None:  # pragma: no cover - _parse_state refuses such a file
+        return
+    name = state_entry.name
+    if mine is None:
+        raise RollbackError(f"{name}: seal time {created!r} is not a YYYY-MM-DDTHH:MM:SSZ time; its freshness cannot be checked")
+    if mine < newest - max_age_seconds:
+        raise RollbackError(
+            f"{name} sealed {created} is more than {_show_duration(max_age_seconds)} (--max-age) older than the newest "
+            f"{name} seen on this host (sealed {state_entry.newest_created}): a frozen or replayed feed?"
+        )
+
+
+def check_rollback(state_entry: Optional[StateEntry], version: str, content_digest: str, allow_downgrade: bool) -> bool:
+    """Refuse a version lower than the highest accepted here (unless ``allow_downgrade``), and a
+    version of equal precedence to one accepted here with other contents (always: a published
+    version never changes, and no flag makes two different bundles the same version).
+    Returns True when it let a downgrade through. Raises `RollbackError`."""
+    if state_entry is None:
+        return False
+    name = state_entry.name
+    for v, digest in sorted(state_entry.accepted.items()):
+        if compare_versions(v, version) == 0 and digest != content_digest:
+            raise RollbackError(
+                f"version {version} of {name} was accepted on this host with content digest {digest}; "
+                f"this bundle has {content_digest} (the same version with other contents is never accepted)"
+            )
+    if compare_versions(version, state_entry.version) < 0:
+        if not allow_downgrade:
+            raise RollbackError(
+                f"version {version} of {name} is older than {state_entry.version} accepted on this host "
+                f"(content digest {state_entry.content_digest[:16]}...); pass --allow-downgrade to accept it anyway"
+            )
+        return True
+    return False
+
+
+def _user() -> Dict[str, Any]:
+    who = {"uid": os.getuid() if hasattr(os, "getuid") else None, "user": None}  # type: Dict[str, Any]
+    try:
+        import pwd
+
+        who["user"] = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        pass
+    return who
+
+
+def record_accepted(state: HostState, name: str, version: str, content_digest: str, created: Optional[str],
+                    downgrade: bool, previous: Optional[str]) -> None:
+    """Add an accepted bundle to ``state`` (in memory): the highest version only moves up, every
+    accepted version keeps its digest, the newest seal time only moves forward, and a downgrade
+    let through by --allow-downgrade is appended to the log."""
+    now = time.strftime(_CREATED_FORMAT, time.gmtime())
+    entry = state.bundles.get(name)
+    if entry is None:
+        entry = state.bundles[name] = StateEntry(name, version, content_digest, None)
+    elif compare_versions(version, entry.version) > 0:
+        entry.version, entry.content_digest = version, content_digest
+    entry.accepted[version] = content_digest
+    mine = parse_created(created)
+    if mine is not None and (entry.newest_created is None or mine > (parse_created(entry.newest_created) or 0)):
+        entry.newest_created = created
+    entry.updated = now
+    if downgrade:
+        state.log.append(dict({"time": now, "event": "downgrade-allowed", "name": name, "from_version": previous,
+                               "to_version": version, "content_digest": content_digest, "pid": os.getpid()}, **_user()))
+
+
+def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optional[Callable[[], None]] = None) -> None:
+    """Check a successfully verified bundle against the host state and, with ``options.record``,
+    remember it. A refusal turns the report into a failure (exit 18); nothing is written then.
+
+    With ``record``, the lock on the state file is held from reading it to replacing it, so two
+    commands never lose each other's record. ``publish`` (extraction's rename into place) runs
+    inside, after the checks and once the new state is written to a temporary file, and the state
+    is replaced only after it: a bundle is recorded only when it was fully accepted, and a
+    refused one is never published. Raises `StateFileError`/`StateWriteError` (exit 3/6) for
+    the state file itself, and whatever ``publish`` raises.
+    """
+    if not report.ok:
+        return
+    assert report.name is not None and report.version is not None and report.content_digest is not None
+    lock = state_lock(options.path) if options.record else contextlib.nullcontext()
+    with lock:
+        state = load_state(options.path)
+        entry = state.bundles.get(report.name)
+        try:
+            downgrade = check_rollback(entry, report.version, report.content_digest, options.allow_downgrade)
+            if options.max_age is not None:
+                check_freshness(entry, report.created, options.max_age)
+        except RollbackError as e:
+            report.ok, report.exit_code = False, int(e.code)
+            report.error = Failure(int(e.code), e.failure_class, e.member, e.message)
+            return
+        previous = entry.version if entry is not None else None
+        report.host_state = StateReport(str(options.path), previous, downgrade, False)
+        if not options.record:
+            if publish is not None:
+                publish()
+            return
+        record_accepted(state, report.name, report.version, report.content_digest, report.created, downgrade, previous)
+        tmp = _prepare_state(options.path, state)
+        try:
+            if publish is not None:
+                publish()
+            _commit_state(tmp, options.path)
+        finally:
+            _unlink_quietly(tmp)  # gone after the rename; removed if anything above failed
+        report.host_state.recorded = True
+
+
 # == command line (bundler/cli.py `bundle verify`) =============================================
 
 class _Parser(argparse.ArgumentParser):
@@ -2856,6 +3308,18 @@ def _print_report(rep: VerifyReport) -> None:
     if rep.host is not None and not rep.host.runnable:
         why = "no GPU found" if not rep.host.gpus else "no engine matches this host"
         print(f"host:    {why}; the bundle is authentic, but none of its engines can run here")
+    if rep.host_state is not None:
+        print(printable(state_line(rep)))
+
+
+def state_line(rep: VerifyReport) -> str:
+    """The host state's verdict in one line of the human report (verify.py and `bundle`)."""
+    hs = rep.host_state
+    assert hs is not None
+    before = f"highest accepted before: {hs.previous_version}" if hs.previous_version else "first of its name here"
+    what = "recorded in" if hs.recorded else "checked against"
+    down = "; DOWNGRADE allowed by --allow-downgrade" + (" (logged)" if hs.recorded else "") if hs.downgrade else ""
+    return f"state:   {what} {hs.path} ({before}){down}"
 
 
 def trust_paths(flags: List[str]) -> List[str]:
@@ -2896,9 +3360,20 @@ def _main(argv: Optional[List[str]]) -> int:
     parser.add_argument("--require-host", action="store_true", help="also fail (exit 17) unless an engine can run on this host")
     parser.add_argument("--allow-expired", action="store_true",
                         help="accept a signature past its signed expiry (recorded in the report as expired_accepted)")
+    parser.add_argument("--state", metavar="FILE", help=f"host state file for rollback protection (default: ${STATE_ENV}; "
+                                                         "none: no state is read or written)")
+    parser.add_argument("--record", action="store_true", help="remember this bundle in the host state once it is verified")
+    parser.add_argument("--allow-downgrade", action="store_true",
+                        help="accept a lower version than this host accepted before (logged in the state file with --record)")
+    parser.add_argument("--max-age", metavar="DURATION", type=parse_duration,
+                        help="refuse a bundle sealed more than DURATION (3600, 90m, 12h, 30d, 2w) before the newest "
+                             "one of its name seen on this host (exit 18)")
     args = parser.parse_args(argv)
+    state = state_options(args.state, args.record, args.allow_downgrade, args.max_age)
     trusted = trust_from_args(args.trust, args.policy)
     rep = verify_bundle(Path(args.bundle), trusted, require_host=args.require_host, allow_expired=args.allow_expired)
+    if state is not None:
+        apply_host_state(rep, state)
     if args.json_mode:
         print(json.dumps(rep.to_dict(), indent=2))
     else:
@@ -2910,6 +3385,16 @@ def _main(argv: Optional[List[str]]) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, a service stop): unwinds like Ctrl-C, so every ``finally`` runs (the
+    host state's lock is released and its temporary file removed) and the exit code is 143."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not interrupt the cleanup
+    raise _Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     json_mode = "--json" in args
@@ -2918,13 +3403,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         except (AttributeError, ValueError):
             pass
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C: the state lock is released and its temporary file removed
+    previous_term = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return _main(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, _Terminated) else 130
+        what = "terminated" if code == 143 else "interrupted"
         if json_mode:
-            print(json.dumps({"ok": False, "exit_code": 130, "error": {"class": "interrupted", "member": None, "message": "interrupted"}}))
-        print("interrupted", file=sys.stderr)
-        return 130
+            print(json.dumps({"ok": False, "exit_code": code, "error": {"class": "interrupted", "member": None, "message": what}}))
+        print(what, file=sys.stderr)
+        return code
     except SystemExit as e:  # argparse --help
         return e.code if isinstance(e.code, int) else 0
     except BaseException as e:  # noqa: BLE001 - every failure ends in one line and an exit code
@@ -2932,6 +3422,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _fail(e, json_mode)
         except BaseException:  # pragma: no cover - even printing failed
             return int(ExitCode.INTERNAL)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ SHARED_ONLY = {
     "check_version", "check_bundle_name", "_check_signatures", "_load_manifest", "_check_manifest_semantics",
     "_run_directory", "_convert", "loads_strict", "query_gpus", "installed_runtimes", "host_report", "parse_sums",
     "ascii_fold", "printable", "ExitCode", "BundleError", "VerifyReport", "Manifest", "EngineRecord",
+    "version_key", "compare_versions", "check_rollback", "check_freshness", "apply_host_state", "load_state",
+    "state_options", "parse_duration", "parse_created", "HostState", "StateEntry",
 }
 
 
@@ -78,9 +80,8 @@ def test_no_second_copy_of_the_algorithm_in_the_library():
     for path in sorted((REPO / "bundler").rglob("*.py")):
         tree = ast.parse(path.read_text())
         defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        # versioning.check_version orders versions with semver after calling the shared rule
         # cuda.query_gpus adapts the shared device query to the build side's tuples
-        allowed = {"versioning.py": {"check_version"}, "cuda.py": {"query_gpus"}}.get(path.name, set())
+        allowed = {"cuda.py": {"query_gpus"}}.get(path.name, set())
         assert not (defined & SHARED_ONLY) - allowed, (path, defined & SHARED_ONLY)
 
 

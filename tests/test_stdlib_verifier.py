@@ -975,7 +975,7 @@ def test_runtime_lookup_without_packages_distributions(sv, monkeypatch):
 
 def test_version_and_name_rules_match_library(sv):
     """The manifest's version must be semver and its name plain, by the library's exact rules
-    (bundler.versioning, on the `semver` package): same verdict, same message."""
+    (bundler.versioning, which re-exports the shared rule): same verdict, same message."""
     from bundler.errors import InputError
     from bundler.versioning import check_bundle_name, check_version
 
