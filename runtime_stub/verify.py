@@ -579,6 +579,7 @@ class RuleDoc:
     bundles: str  # a glob over bundle names (fnmatch, case-sensitive); the first matching rule applies
     keys: List[str]  # key ids, or ["*"] for every key of the policy
     threshold: int
+    max_age: Optional[str] = None  # freshness (a duration): checked against the host state's newest seal time
 
 
 @dataclass
@@ -723,6 +724,11 @@ def parse_policy(raw: bytes, where: str, base: Optional[Path] = None) -> TrustPo
                     raise bad(f"rule {r.bundles!r} names key {kid[:16]}..., which the policy does not list")
             if len(set(r.keys)) != len(r.keys):
                 raise bad(f"rule {r.bundles!r} names a key twice")
+        if r.max_age is not None:
+            try:
+                parse_duration(r.max_age)
+            except UsageError:
+                raise bad(f"rule {r.bundles!r}: max_age {r.max_age!r} is not a duration such as 3600, 90m, 12h, 30d or 2w") from None
         n = len(keys) if r.keys == ["*"] else len(r.keys)
         if not 1 <= r.threshold <= n:
             raise bad(f"rule {r.bundles!r}: threshold {r.threshold} of {n} keys can never be met")
@@ -1813,6 +1819,7 @@ class PolicyReport:
     rule: str  # the bundle-name pattern of the rule that applied
     threshold: int
     counted: List[str] = field(default_factory=list)  # key ids whose signatures counted
+    max_age: Optional[int] = None  # the rule's freshness demand, seconds (applied with a host state)
 
     def bundles_rule(self) -> str:
         return repr(self.rule)
@@ -2249,7 +2256,8 @@ def _check_policy(st: "_State", name: str) -> None:
         else:
             sr.counted = True
             counted.append(tk.key_id)
-    report.policy = PolicyReport(policy.source, policy.version, rule.bundles, rule.threshold, counted)
+    report.policy = PolicyReport(policy.source, policy.version, rule.bundles, rule.threshold, counted,
+                                 parse_duration(rule.max_age) if rule.max_age is not None else None)
     if len(counted) >= rule.threshold:
         # Only counted signatures' expiries matter (an uncounted signer's says nothing here).
         report.expired_accepted = _check_expiry([s for s in report.signers if s.counted], now, st.allow_expired)
@@ -3216,8 +3224,10 @@ def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optio
         entry = state.bundles.get(report.name)
         try:
             downgrade = check_rollback(entry, report.version, report.content_digest, options.allow_downgrade)
-            if options.max_age is not None:
-                check_freshness(entry, report.created, options.max_age)
+            # --max-age and the trust policy rule's max_age: the stricter one applies
+            ages = [a for a in (options.max_age, report.policy.max_age if report.policy else None) if a is not None]
+            if ages:
+                check_freshness(entry, report.created, min(ages))
         except RollbackError as e:
             report.ok, report.exit_code = False, int(e.code)
             report.error = Failure(int(e.code), e.failure_class, e.member, e.message)

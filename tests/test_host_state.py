@@ -394,3 +394,24 @@ def test_check_freshness_function():
         check_freshness(entry, "2023-12-31T23:59:59Z", 30 * DAY)
     with pytest.raises(RollbackError):
         check_freshness(entry, "yesterday", 30 * DAY)
+
+
+def test_a_trust_policy_rule_can_demand_freshness(tmp_path, keys, bundles):
+    """A rule's max_age applies wherever the policy is used with a host state, without anyone
+    remembering a flag: the stale (but higher, validly signed) bundle is refused, by the CLI and
+    by verify.py on Python 3.8."""
+    state = tmp_path / "state.json"
+    assert verify(bundles["new"], keys, state, "--record").code == 0
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({
+        "format": "trt-bundler-policy/1", "version": 1,
+        "keys": [{"id": keys["release"]["id"], "name": "release", "path": str(keys["release"]["pub"])}],
+        "rules": [{"bundles": "m", "keys": ["*"], "threshold": 1, "max_age": "30d"}],
+    }))
+    r = run_bundle("verify", bundles["stale"], "--policy", pol, "--state", state)
+    assert r.code == 18 and "is more than 30d" in r.err, r.err
+    assert stdlib_verify(bundles["stale"], "--policy", pol, "--state", state).code == 18
+    assert run_bundle("verify", bundles["stale"], "--policy", pol).code == 0  # no state: nothing to compare with
+    pol.write_text(pol.read_text().replace('"30d"', '"thirty days"'))
+    r = run_bundle("verify", bundles["stale"], "--policy", pol, "--state", state)
+    assert r.code == 4 and "max_age 'thirty days' is not a duration" in r.err

@@ -105,7 +105,7 @@ def test_hostile_hint_verify(hostile_hint, pub) -> None:  # noqa: ANN001
         assert_clean(r, code=ExitCode.SIGNATURE)
         assert r.err.startswith("error [signature]: no signature from a trusted key"), r.err
         assert "[bold green]" not in r.err  # the hint is not a key id: named, never echoed
-    assert "signer:  (invalid key hint)  [untrusted key, not checked]" in plain.out
+    assert "signer:  (invalid key hint)  [not checked: key not in the trust policy]" in plain.out
     assert "[bold green]" not in plain.out and "VERIFIED" not in plain.out
     doc = json.loads(js.out)
     assert doc["ok"] is False and doc["exit_code"] == ExitCode.SIGNATURE
