@@ -3184,10 +3184,11 @@ def _user() -> Dict[str, Any]:
 
 
 def record_accepted(state: HostState, name: str, version: str, content_digest: str, created: Optional[str],
-                    downgrade: bool, previous: Optional[str]) -> None:
+                    downgrade: bool, previous: Optional[str], expired: Optional[List[str]] = None) -> None:
     """Add an accepted bundle to ``state`` (in memory): the highest version only moves up, every
-    accepted version keeps its digest, the newest seal time only moves forward, and a downgrade
-    let through by --allow-downgrade is appended to the log."""
+    accepted version keeps its digest, the newest seal time only moves forward, and each
+    override is appended to the log: a downgrade let through by --allow-downgrade, an expired
+    signature accepted by --allow-expired (``expired``: those signatures' expiry times)."""
     now = time.strftime(_CREATED_FORMAT, time.gmtime())
     entry = state.bundles.get(name)
     if entry is None:
@@ -3202,6 +3203,10 @@ def record_accepted(state: HostState, name: str, version: str, content_digest: s
     if downgrade:
         state.log.append(dict({"time": now, "event": "downgrade-allowed", "name": name, "from_version": previous,
                                "to_version": version, "content_digest": content_digest, "pid": os.getpid()}, **_user()))
+    if expired:
+        state.log.append(dict({"time": now, "event": "expired-allowed", "name": name, "version": version,
+                               "expired": sorted(expired), "content_digest": content_digest, "pid": os.getpid()},
+                              **_user()))
 
 
 def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optional[Callable[[], None]] = None) -> None:
@@ -3238,7 +3243,9 @@ def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optio
             if publish is not None:
                 publish()
             return
-        record_accepted(state, report.name, report.version, report.content_digest, report.created, downgrade, previous)
+        expired = [sr.expires for sr in report.signers if report.expired_accepted and sr.counted and sr.expires]
+        record_accepted(state, report.name, report.version, report.content_digest, report.created, downgrade, previous,
+                        [e for e in expired if e is not None and expires_epoch(e) < time.time()])
         tmp = _prepare_state(options.path, state)
         try:
             if publish is not None:

@@ -249,6 +249,15 @@ def test_seal_expires(tiny_model, keys, tmp_path):
     assert r.code == 16 and "bundle expired on" in r.err, r.err
     r = run_bundle("verify", path, "--trust", keys["release"]["pub"], "--allow-expired")
     assert r.code == 0 and "accepted because of --allow-expired" in r.out, r.err
+    # the override is written to the host state's log, like --allow-downgrade
+    state = tmp_path / "state.json"
+    r = run_bundle("extract", path, "--trust", keys["release"]["pub"], "--allow-expired", "--state", state,
+                   "--dest", tmp_path / "x")
+    assert r.code == 0, r.err
+    (entry,) = json.loads(state.read_text())["log"]
+    assert entry["event"] == "expired-allowed" and entry["name"] == "cpuonly" and entry["version"] == "1.0.0"
+    digest = run_bundle("verify", path, "--trust", keys["release"]["pub"], "--allow-expired", "--json").json()["content_digest"]
+    assert len(entry["expired"]) == 1 and entry["content_digest"] == digest
     # sign verifies first, so an expired bundle is not countersigned (re-seal it instead).
     r = sign(path, keys["other"]["key"], keys["release"]["pub"], out=tmp_path / "c")
     assert r.code == 16, r.err
