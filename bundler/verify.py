@@ -59,7 +59,11 @@ class _ExtractSink(Sink):
         # Leftovers of an extraction into the same place that was SIGKILLed are removed first.
         remove_stale(dest.parent, f".{dest.name}.staging-")
         self.staging = make_workdir(dest.parent, f".{dest.name}.staging-")
-        self._root_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            self._root_fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except BaseException:  # a signal or an error between mkdir and here: the caller has no sink to abort
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise
         self._fd: Optional[int] = None
         self._out: Optional[DirectFile] = None
 
@@ -187,6 +191,9 @@ def verify_bundle(
         except OSError as e:
             remove_made_dirs(made)
             raise OutputError(f"{extract_to.parent}: cannot create a staging directory there ({e.strerror})") from None
+        except BaseException:  # Ctrl-C/SIGTERM while the sink was being made: it cleaned up after itself
+            remove_made_dirs(made)
+            raise
     try:
         report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast,
                                 allow_expired=allow_expired, now=now)
