@@ -484,25 +484,39 @@ class TrustedKey:
     not_after: Optional[str] = None
 
 
-def load_public_key(path: Path) -> PublicKey:
-    """A trusted P-256 public key from a PEM file, with the library's messages (exit 4)."""
+def read_upto(path: Path, limit: int, err: Callable[[str], BundleError], what: str, not_regular: str = "") -> bytes:
+    """At most ``limit`` + 1 bytes of a regular file: the one rule for every small file a host
+    gives the verifier (trusted keys, policies, rotation statements). O_NONBLOCK: a FIFO must
+    not hang the open; only a regular file is read, and never more than it may hold
+    (--trust /dev/zero used to grow without bound). The caller judges a result over ``limit``."""
     try:
-        # O_NONBLOCK: a FIFO must not hang the open; only a regular file is read, and at most
-        # MAX_KEY_FILE_SIZE + 1 bytes of it (--trust /dev/zero used to grow without bound).
         fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such public key") from None
+        raise err(f"{path}: no such {what}") from None
     except OSError as e:
-        raise KeyFileError(f"{path}: cannot read ({e.strerror})") from None
+        raise err(f"{path}: cannot read ({e.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyFileError(f"{path}: not a regular file; trust takes a public key file (.pub)")
+            raise err(f"{path}: not a regular file{not_regular}")
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_KEY_FILE_SIZE + 1)
+            return f.read(limit + 1)
     except OSError as e:
-        raise KeyFileError(f"{path}: cannot read ({e.strerror})") from None
+        raise err(f"{path}: cannot read ({e.strerror})") from None
     finally:
         os.close(fd)
+
+
+def _read_bounded(path: Path, limit: int, err: Callable[[str], BundleError], what: str) -> bytes:
+    """`read_upto`, refusing a file over ``limit``."""
+    data = read_upto(path, limit, err, what)
+    if len(data) > limit:
+        raise err(f"{path}: over {limit} bytes; not a {what}")
+    return data
+
+
+def load_public_key(path: Path) -> PublicKey:
+    """A trusted P-256 public key from a PEM file, with the library's messages (exit 4)."""
+    data = read_upto(path, MAX_KEY_FILE_SIZE, KeyFileError, "public key", "; trust takes a public key file (.pub)")
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path}: is a private key; trust takes the public key (.pub)")
     if len(data) > MAX_KEY_FILE_SIZE:
@@ -635,28 +649,6 @@ class TrustPolicy:
 def policy_from_keys(trusted: Dict[str, TrustedKey]) -> TrustPolicy:
     """The policy that plain ``--trust`` files mean: any one of these keys, for any bundle."""
     return TrustPolicy(keys=dict(trusted), rules=[RuleDoc("*", ["*"], 1)])
-
-
-def _read_bounded(path: Path, limit: int, err: Callable[[str], BundleError], what: str) -> bytes:
-    """At most ``limit`` bytes of a regular file (a FIFO must not hang, /dev/zero not grow)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise err(f"{path}: no such {what}") from None
-    except OSError as e:
-        raise err(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise err(f"{path}: not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise err(f"{path}: cannot read ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise err(f"{path}: over {limit} bytes; not a {what}")
-    return data
 
 
 def policy_body(doc: Dict[str, Any]) -> bytes:
