@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Union
 
 
 from .archive import Limits
@@ -37,6 +38,7 @@ from .signing import (
 )
 from .targets import Target, parse_target
 from .verify import VerifyReport, verify_bundle
+from runtime_stub.verify import StateOptions, TrustPolicy, load_policy, state_options, verify_policy_update
 
 __all__ = [
     "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
@@ -45,20 +47,28 @@ __all__ = [
     "inspect_engine_file", "key_id", "load_model", "load_private_key", "load_public_key", "load_spec", "load_trust",
     "parse_expiry", "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal",
     "select_backend", "sign", "verify", "write_verifier",
+    "StateOptions", "TrustPolicy", "load_policy", "state_options", "verify_policy_update",
 ]
 
 
 def verify(
-    bundle: Path, trusted: Dict[str, TrustedKey], *, require_host: bool = False, limits: Limits = Limits(),
-    allow_expired: bool = False,
+    bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", *, require_host: bool = False,
+    limits: Limits = Limits(), allow_expired: bool = False, state: Optional[StateOptions] = None,
 ) -> VerifyReport:
-    return verify_bundle(bundle, trusted, limits=limits, require_host=require_host, allow_expired=allow_expired)
+    """Verify a bundle tar or extracted directory. ``trusted``: keys (any one signature counts,
+    as ``--trust``) or a `TrustPolicy` (`load_policy`, as ``--policy``); ``state``: the host
+    state for rollback protection (`state_options`, as ``--state``/``--record``)."""
+    return verify_bundle(bundle, trusted, limits=limits, require_host=require_host, allow_expired=allow_expired,
+                         state=state)
 
 
-def extract(bundle: Path, trusted: Dict[str, TrustedKey], dest: Path, *, limits: Limits = Limits(),
-            allow_expired: bool = False) -> VerifyReport:
-    """Verify while extracting; ``dest`` appears only when every check passed."""
-    return verify_bundle(bundle, trusted, limits=limits, extract_to=dest, allow_expired=allow_expired)
+def extract(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", dest: Path, *,
+            limits: Limits = Limits(), allow_expired: bool = False, state: Optional[StateOptions] = None) -> VerifyReport:
+    """Verify while extracting; ``dest`` appears only when every check passed (and, with a
+    ``state``, the host state accepted the bundle, which is then recorded)."""
+    if state is not None:
+        state = dataclasses.replace(state, record=True)
+    return verify_bundle(bundle, trusted, limits=limits, extract_to=dest, allow_expired=allow_expired, state=state)
 
 
 def inspect(bundle: Path) -> InspectReport:

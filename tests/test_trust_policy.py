@@ -275,3 +275,20 @@ def test_the_shipped_example_policy_parses_and_holds_no_private_key():
     assert "keys/trust.example.json" in shipped
     for f in shipped:
         assert b"PRIVATE KEY" not in (REPO / f).read_bytes(), f
+
+
+def test_the_library_api_takes_a_policy_and_a_host_state(tmp_path, tiny_bundle, people):
+    """What the CLI does with --policy and --state, from Python: the same verdicts and records."""
+    from bundler import api
+
+    pol = api.load_policy(policy(tmp_path / "p.json", people, [{"bundles": "*", "keys": ["*"], "threshold": 2}]))
+    rep = api.verify(tiny_bundle, pol)
+    assert not rep.ok and rep.exit_code == 11 and "1 of the 2 signatures required" in rep.error.message
+    one = api.load_policy(policy(tmp_path / "q.json", people, [{"bundles": "tiny", "keys": ["*"], "threshold": 1}]))
+    state = api.state_options(str(tmp_path / "state.json"))
+    rep = api.extract(tiny_bundle, one, tmp_path / "x", state=state)
+    assert rep.ok and rep.policy.counted == [people[0]["id"]], rep.error
+    assert state.record is False  # the caller's options are not changed
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["bundles"]["tiny"]["version"] == "1.0.0"
+    assert saved["bundles"]["tiny"]["content_digest"] == rep.content_digest
