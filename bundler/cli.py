@@ -238,10 +238,10 @@ def keys_rotate(
 @keys_app.command("verify-rotation")
 def keys_verify_rotation(statement: Path = typer.Argument(..., help="A rotation statement made by `bundle keys rotate`.")) -> None:
     """Check a rotation statement's signature by the old key; print old and new key ids (exit 11 if invalid)."""
-    from runtime_stub.verify import _read_bounded, verify_rotation
+    from runtime_stub.verify import read_bounded, verify_rotation
 
     def go() -> None:
-        raw = _read_bounded(statement, 1 << 20, KeyFileError, "rotation statement")
+        raw = read_bounded(statement, 1 << 20, KeyFileError, "rotation statement")
         old, new, date = verify_rotation(raw, str(statement))
         _say(_out(), _line("rotation: ", old, "->", new, f"(signed by the old key, {date})"))
 

@@ -22,18 +22,19 @@ from runtime_stub.verify import (
     POLICY_PAYLOAD_TYPE,
     ROTATION_FORMAT,
     ROTATION_PAYLOAD_TYPE,
-    SignatureError,
     TrustPolicy,
-    _read_bounded,
     load_policy,
     loads_strict,
     pae,
     parse_policy,
     policy_body,
+    policy_signers_counted,
+    read_bounded,
     verify_policy_update,
 )
 
 from .errors import InputError, KeyFileError, OutputError
+from .fsutil import rename_noreplace
 from .signing import key_id, public_pem
 
 
@@ -43,14 +44,19 @@ def _sign(body: bytes, payload_type: str, key: ec.EllipticCurvePrivateKey) -> Di
     return {"keyid": key_id(key.public_key()), "sig": base64.b64encode(sig).decode("ascii")}
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
+def _write_atomic(dest: Path, data: bytes, replace: bool = True) -> None:
+    """``dest`` appears whole or not at all; with ``replace=False`` never over an existing file
+    (one that appeared meanwhile included: rename_noreplace)."""
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        if replace:
+            os.replace(tmp, dest)
+        else:
+            rename_noreplace(tmp, dest)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
@@ -66,13 +72,13 @@ def sign_policy_update(old_path: Path, new_path: Path, keys: Sequence[ec.Ellipti
     are kept, so k signers can sign in turn on different machines. Returns the new policy, how
     many distinct signers' signatures it now carries that count, and the threshold."""
     old = load_policy(old_path)
-    raw = _read_bounded(Path(new_path), 1 << 20, KeyFileError, "trust policy")
-    parse_policy(raw, str(new_path), Path(new_path).parent)  # the new policy must itself be sound
+    raw = read_bounded(Path(new_path), 1 << 20, KeyFileError, "trust policy")
+    unsigned = parse_policy(raw, str(new_path), Path(new_path).parent)  # the new policy must itself be sound
     doc = loads_strict(raw)
     if old.signers is None:
         raise InputError(f"{old_path}: has no policy_signers; no successor can be signed under it")
-    if doc.get("version", 0) <= old.version:
-        raise InputError(f"{new_path}: version {doc.get('version')} must be higher than {old.version} ({old_path})")
+    if unsigned.version <= old.version:
+        raise InputError(f"{new_path}: version {unsigned.version} must be higher than {old.version} ({old_path})")
     allowed = set(old.keys) if old.signers.keys == ["*"] else set(old.signers.keys)
     sigs: List[Dict[str, str]] = [s for s in doc.get("signatures", [])]
     body = policy_body(doc)
@@ -85,10 +91,7 @@ def sign_policy_update(old_path: Path, new_path: Path, keys: Sequence[ec.Ellipti
     data = (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
     dest = Path(out) if out else Path(new_path)
     new = parse_policy(data, str(dest), dest.parent)
-    try:
-        counted = len(verify_policy_update(old, new))
-    except SignatureError:
-        counted = sum(1 for s in sigs if s.get("keyid") in allowed)
+    counted = len(policy_signers_counted(old, new))  # verified, not merely claimed
     _write_atomic(dest, data)
     return new, counted, old.signers.threshold
 
@@ -126,7 +129,5 @@ def write_rotation(old: ec.EllipticCurvePrivateKey, new_pub_pem: bytes, out: Pat
         raise InputError("the new key is the old key")
     body = policy_body(doc)
     doc["signatures"] = [_sign(body, ROTATION_PAYLOAD_TYPE, old)]
-    if Path(out).exists():
-        raise OutputError(f"{out}: already exists; not overwritten")
-    _write_atomic(Path(out), (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+    _write_atomic(Path(out), (json.dumps(doc, indent=2) + "\n").encode("utf-8"), replace=False)
     return doc

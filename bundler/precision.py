@@ -604,9 +604,9 @@ class _Captured:
 
 
 def make_variant(
-    src: Path, precision: str, staging: Path, golden: Optional["object"], tolerance: Tolerance,
+    src: Path, precision: str, model: ModelInfo, staging: Path, golden: Optional["object"], tolerance: Tolerance,
     batches: Optional[List[Dict[str, np.ndarray]]] = None, cal_info: Optional[CalibrationInfo] = None,
-    keep_fp32: Sequence[str] = (), accept_loss: bool = False, model: Optional[ModelInfo] = None,
+    keep_fp32: Sequence[str] = (), accept_loss: bool = False,
 ) -> PrecisionVariant:
     """Convert ``src`` to ``precision`` under ``staging``, measure it on the golden inputs, and
     refuse it (`AccuracyError`) when it is outside the tolerance its selftest will apply, unless
@@ -614,7 +614,6 @@ def make_variant(
     The converters' messages go to the variant's log, beside its graph."""
     import onnxruntime  # noqa: F401 - imported before capturing, so its import-time output is not lost
 
-    assert model is not None
     rel = variant_path(model, precision)
     out = staging / rel
     log_rel = rel[: -len(".onnx")] + ".log"

@@ -506,7 +506,7 @@ def read_upto(path: Path, limit: int, err: Callable[[str], BundleError], what: s
         os.close(fd)
 
 
-def _read_bounded(path: Path, limit: int, err: Callable[[str], BundleError], what: str) -> bytes:
+def read_bounded(path: Path, limit: int, err: Callable[[str], BundleError], what: str) -> bytes:
     """`read_upto`, refusing a file over ``limit``."""
     data = read_upto(path, limit, err, what)
     if len(data) > limit:
@@ -730,8 +730,28 @@ def parse_policy(raw: bytes, where: str, base: Optional[Path] = None) -> TrustPo
 
 def load_policy(path: Path) -> TrustPolicy:
     """A trust policy file (``--policy`` / ``BUNDLE_POLICY``): at most 1 MiB, regular, strict."""
-    raw = _read_bounded(Path(path), MAX_POLICY_SIZE, KeyFileError, "trust policy")
+    raw = read_bounded(Path(path), MAX_POLICY_SIZE, KeyFileError, "trust policy")
     return parse_policy(raw, str(path), Path(path).parent)
+
+
+def policy_signers_counted(old: TrustPolicy, new: TrustPolicy, ecdsa: "Optional[Ecdsa]" = None) -> List[str]:
+    """Key ids of ``old``'s policy signers (not revoked there) whose signatures on ``new`` verify,
+    each once. What `verify_policy_update` demands, and what `bundle policy update` reports."""
+    if old.signers is None:
+        return []
+    allowed = old.keys if old.signers.keys == ["*"] else {k: old.keys[k] for k in old.signers.keys}
+    counted = []  # type: List[str]
+    for s in new.signatures:
+        tk = allowed.get(s.keyid)
+        if tk is None or s.keyid in counted or s.keyid in old.revoked:
+            continue
+        try:
+            sig = b64_canonical(s.sig)
+        except ValueError:
+            continue
+        if (ecdsa or ecdsa_p256_verify)(tk.key, sig, pae(POLICY_PAYLOAD_TYPE, new.body)):
+            counted.append(s.keyid)
+    return counted
 
 
 def verify_policy_update(old: TrustPolicy, new: TrustPolicy, ecdsa: "Optional[Ecdsa]" = None) -> List[str]:
@@ -746,18 +766,7 @@ def verify_policy_update(old: TrustPolicy, new: TrustPolicy, ecdsa: "Optional[Ec
         raise SignatureError(f"{old.source}: has no policy_signers, so no successor can be accepted")
     if new.version <= old.version:
         raise SignatureError(f"{new.source}: version {new.version} is not newer than {old.version} ({old.source})")
-    allowed = old.keys if old.signers.keys == ["*"] else {k: old.keys[k] for k in old.signers.keys}
-    counted = []  # type: List[str]
-    for s in new.signatures:
-        tk = allowed.get(s.keyid)
-        if tk is None or s.keyid in counted or s.keyid in old.revoked:
-            continue
-        try:
-            sig = b64_canonical(s.sig)
-        except ValueError:
-            continue
-        if (ecdsa or ecdsa_p256_verify)(tk.key, sig, pae(POLICY_PAYLOAD_TYPE, new.body)):
-            counted.append(s.keyid)
+    counted = policy_signers_counted(old, new, ecdsa)
     if len(counted) < old.signers.threshold:
         raise SignatureError(f"{new.source}: signed by {len(counted)} of the {old.signers.threshold} policy signers "
                              f"that {old.source} (version {old.version}) requires")

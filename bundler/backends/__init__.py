@@ -314,8 +314,8 @@ def _convert_all(request, model, precisions, calibration, golden, staging):  # n
             graphs[p] = Path(request.model)
             continue
         batches, cal_info = (calibration if p in ("int8", "fp8") and calibration else (None, None))
-        v = make_variant(Path(request.model), p, staging, golden, TOLERANCES[p], batches, cal_info,
-                         request.keep_fp32, request.accept_accuracy_loss, model)
+        v = make_variant(Path(request.model), p, model, staging, golden, TOLERANCES[p], batches, cal_info,
+                         request.keep_fp32, request.accept_accuracy_loss)
         variants.append(v)
         graphs[p] = staging / v.graph
     return variants, graphs
