@@ -20,11 +20,10 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:  # imported where used: `cryptography` costs ~30 ms, and verify rarely needs it
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 # Reading what a bundle or a trust file says (parsing, the trust-file rule, the pure-Python
 # signature check) is the shared verification code's; this module adds what needs `cryptography`:
@@ -44,6 +43,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     pae,
     parse_signature_file,
     parse_statement,
+    ecdsa_p256_verify,
     expires_epoch,
     subject_digest,
 )
@@ -56,6 +56,8 @@ PASSPHRASE_ENV = "BUNDLE_KEY_PASSPHRASE"
 # -- keys -------------------------------------------------------------------------------------
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -87,6 +89,9 @@ def generate_key(name: str, directory: Path, passphrase: Optional[bytes]) -> Gen
     for p in (priv_path, pub_path):
         if p.exists():
             raise OutputError(f"{p}: already exists; keys are never overwritten")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     enc: serialization.KeySerializationEncryption
     enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
@@ -158,6 +163,9 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
         raise KeyFileError(f"{path}: not a PEM private key")
     if b"ENCRYPTED" in data and not passphrase:
         raise KeyFileError(f"{path}: key is encrypted; set {PASSPHRASE_ENV} or run interactively to be asked")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         key = serialization.load_pem_private_key(data, passphrase if b"ENCRYPTED" in data else None)
     except (ValueError, TypeError) as e:
@@ -235,6 +243,9 @@ def parse_expiry(text: str, now: Optional[float] = None) -> str:
 
 def sign_statement(statement: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     """A model-signing compatible signature file (sigstore bundle v0.3 JSON) for ``statement``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     sig = key.sign(pae(PAYLOAD_TYPE, statement), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
     doc = {
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -252,9 +263,35 @@ def ecdsa_fast(key: PublicKey, signature: bytes, message: bytes) -> bool:
     """ECDSA P-256/SHA-256 through `cryptography` (OpenSSL): the library's fast path for the
     shared pipeline's signature check. Same answers as the pure-Python `ecdsa_p256_verify`
     (tests/test_one_verifier.py checks both on the same vectors)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         pub = ec.EllipticCurvePublicNumbers(key.x, key.y, ec.SECP256R1()).public_key()
         pub.verify(bytes(signature), message, ec.ECDSA(hashes.SHA256()))
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+class EcdsaChecker:
+    """The signature check one verification uses: pure Python for its first few signatures,
+    `cryptography` after.
+
+    A pure-Python P-256 check costs about 3 ms; importing OpenSSL's bindings costs about 30 ms
+    of start-up, which every `bundle verify` paid before its first byte was hashed (a bundle has
+    one or two signatures). Beyond `PURE_FIRST` signatures, the fast path pays for itself. Both
+    give the same answers (tests/test_one_verifier.py), so which one ran never changes a verdict.
+    """
+
+    PURE_FIRST = 8
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, key: PublicKey, signature: bytes, message: bytes) -> bool:
+        self.calls += 1
+        if self.calls <= self.PURE_FIRST:
+            return ecdsa_p256_verify(key, signature, message)
+        return ecdsa_fast(key, signature, message)

@@ -5,7 +5,8 @@ engine headers and SHA256SUMS; the order is in docs/bundle-format.md) is defined
 `runtime_stub/verify.py`, the standard-library file every bundle carries as `runtime/verify.py`.
 The library runs that very code, and adds two things the stand-alone file does without:
 
-- a faster signature check through `cryptography` (`signing.ecdsa_fast`), cross-checked against
+- a faster signature check through `cryptography` (`signing.EcdsaChecker`: beyond a few
+  signatures, where it pays for its import), cross-checked against
   the pure-Python one in the tests;
 - extraction: a `Sink` that writes each verified byte into a private staging directory, which is
   moved into place only when every check has passed.
@@ -42,7 +43,7 @@ from runtime_stub.verify import verify_bundle as _verify_bundle
 from .archive import CHUNK, DirectFile, Limits
 from .errors import InputError, OutputError
 from .fsutil import make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
-from .signing import TrustedKey, ecdsa_fast
+from .signing import EcdsaChecker, TrustedKey
 
 DIRECT_MIN = CHUNK  # members that fill a whole reader chunk are written with O_DIRECT
 
@@ -195,7 +196,7 @@ def verify_bundle(
             remove_made_dirs(made)
             raise
     try:
-        report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=ecdsa_fast,
+        report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=EcdsaChecker(),
                                 allow_expired=allow_expired, now=now)
         published = False
 

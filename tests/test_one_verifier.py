@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 import runtime_stub.verify as shared
-from bundler.signing import ecdsa_fast, load_private_key, make_statement, sign_statement
+from bundler.signing import EcdsaChecker, ecdsa_fast, load_private_key, make_statement, sign_statement
 from conftest import REPO, run_bundle
 from test_stdlib_verifier import (
     ROOT,
@@ -89,6 +89,7 @@ def test_fast_and_pure_python_ecdsa_agree():
     """The library's cryptography path and the stdlib path give the same answer on each vector."""
     rng = random.Random(7)
     n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    checker = EcdsaChecker()  # what `bundle verify` uses: pure Python first, cryptography later
     for i in range(24):
         priv = ec.generate_private_key(ec.SECP256R1())
         pub = priv.public_key().public_numbers()
@@ -110,6 +111,8 @@ def test_fast_and_pure_python_ecdsa_agree():
         for data, m, want in vectors:
             assert shared.ecdsa_p256_verify(key, data, m) is want, (i, data.hex())
             assert ecdsa_fast(key, data, m) is want, (i, data.hex())
+            assert checker(key, data, m) is want, (i, data.hex())
+    assert checker.calls > EcdsaChecker.PURE_FIRST  # both of its paths answered above
 
 
 # -- one strict rule for trust files -----------------------------------------------------------------
