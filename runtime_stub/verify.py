@@ -2429,7 +2429,9 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
             problems.append(f"header says {header.product} {header.version}, manifest {rec.header.product} {rec.header.version}")
         if header.cc != rec.header.cc or header.cc_mask != rec.header.cc_mask:
             problems.append(f"header targets {header.cc}, manifest {rec.header.cc}")
-        if header.product == "tensorrt-rtx" and rec.target.cc is not None and rec.target.cc not in (header.cc or []):
+        if rec.target.cc is None:  # the loader could never match it to a GPU: a label that hides what it is for
+            problems.append(f"GPU target {rec.target.label} without a compute capability")
+        elif header.product == "tensorrt-rtx" and rec.target.cc not in (header.cc or []):
             problems.append(f"labelled for {rec.target.cc} but built for {header.cc}")
         if not version_matches(header.version, rec.backend.version):
             problems.append(f"built by {rec.backend.name} {rec.backend.version} but the header says {header.version}")

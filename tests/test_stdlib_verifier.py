@@ -408,6 +408,14 @@ def _dir_setuid(d: Path) -> None:
     os.chmod(d / "runtime" / "verify.py", 0o4755)
 
 
+def _dir_setgid(d: Path) -> None:
+    os.chmod(d / "model" / "tiny.onnx", 0o2644)
+
+
+def _dir_sticky(d: Path) -> None:
+    os.chmod(d / "SHA256SUMS", 0o1644)
+
+
 def _dir_empty_dir(d: Path) -> None:
     (d / "empty").mkdir()
 
@@ -426,6 +434,8 @@ DIR_CASES = {
     "symlink-replacing-signed-file": (_dir_symlink_replacing_signed, 14),
     "fifo": (_dir_fifo, 14),
     "setuid": (_dir_setuid, 14),
+    "setgid-file": (_dir_setgid, 14),
+    "sticky-file": (_dir_sticky, 14),
     "case-clash": (_dir_case_clash, 14),
     "extra-file": (_dir_extra, 13),
     "missing-file": (_dir_missing, 13),
@@ -529,6 +539,19 @@ def _dangling_pax(good: Path, out: Path) -> None:
     pax = ti.tobuf(tarfile.USTAR_FORMAT) + rec + b"\0" * (512 - len(rec))
     body = data[:end] + pax
     out.write_bytes(body + b"\0" * (-len(body) % 10240 or 10240))
+
+
+def _numeric_newline(rel: str, at: int) -> Callable[[Path, Path], None]:
+    """The same number, its NUL terminator replaced by a newline: not a ustar number (a lax
+    parser that strips whitespace would read it), so both verifiers refuse it."""
+    def make(good: Path, out: Path) -> None:
+        data = bytearray(good.read_bytes())
+        off = data_offsets(good)[f"{ROOT}/{rel}"][0]
+        width = 12 if at == 124 else 8
+        field = bytes(data[off + at:off + at + width])
+        assert field.endswith(b"\0"), field
+        _numeric_field(rel, at, field[:-1] + b"\n")(good, out)
+    return make
 
 
 def _append(tail: bytes) -> Callable[[Path, Path], None]:
@@ -647,6 +670,10 @@ TAR_CASES: Dict[str, Tuple[Callable[[Path, Path], None], int]] = {
     "size-with-0o-prefix": (_numeric_field("runtime/README.txt", 124, b"0o0000002777"), 10),
     "mode-with-sign": (_numeric_field("runtime/README.txt", 100, b"+000644\0"), 10),
     "size-space-led": (_numeric_field("SHA256SUMS", 124, None), 0),
+    "size-trailing-newline": (_numeric_newline("runtime/README.txt", 124), 10),
+    "mode-trailing-newline": (_numeric_newline("runtime/README.txt", 100), 10),
+    "linkname-on-regular-file": (_rewrite(_set("runtime/README.txt", linkname="/etc/passwd")), 14),
+    "linkname-on-directory": (_rewrite(_insert(lambda: special(f"{ROOT}/engines", tarfile.DIRTYPE, "/etc"), before="SHA256SUMS")), 14),
     "pax-size-not-decimal": (_rewrite(_pax_override("runtime/README.txt", "size", "0x10")), 10),
     "pax-size-leading-zero": (_rewrite(_pax_override("runtime/README.txt", "size", "0559")), 10),
     "pax-mtime-not-number": (_rewrite(_pax_override("runtime/README.txt", "mtime", "yesterday")), 10),
@@ -755,12 +782,29 @@ def _log_ref(m: dict) -> None:
     m["engines"][0]["log"] = "engines/nowhere.log"
 
 
+def _engine_cc_label(m: dict) -> None:
+    """The sm_86 engine relabelled for 8.9: its TensorRT-RTX header still says 8.6."""
+    e = next(e for e in m["engines"] if e["target"]["cc"] == "8.6")
+    e["target"]["cc"] = "8.9"
+
+
+def _engine_without_header(m: dict) -> None:
+    m["engines"][0]["header"] = None
+
+
+def _gpu_target_without_cc(m: dict) -> None:
+    m["engines"][0]["target"]["cc"] = None
+
+
 def _statement_digest(st: dict) -> None:
     st["subject"][0]["digest"]["sha256"] = "0" * 64
 
 
 @pytest.mark.parametrize("case,kw,code", [
     ("engine-header-mismatch", {"edit_manifest": _engine_header_version}, 16),
+    ("engine-cc-label-differs-from-header", {"edit_manifest": _engine_cc_label}, 16),
+    ("gpu-engine-without-header", {"edit_manifest": _engine_without_header}, 16),
+    ("gpu-target-without-cc", {"edit_manifest": _gpu_target_without_cc}, 16),
     ("manifest-renamed", {"edit_manifest": _manifest_name}, 16),
     ("manifest-schema", {"edit_manifest": _manifest_schema}, 16),
     ("manifest-format", {"edit_manifest": _format}, 16),
@@ -776,6 +820,23 @@ def test_differential_resigned_by_trusted_key(case, kw, code, entries, tmp_path,
     """A trusted signer's tool went wrong: the signature is valid, the metadata is not."""
     out = write_tar(tmp_path / f"{case}.tar", resign(entries, keys["release"]["key"], **kw))
     assert assert_same(out, keys["release"]["pub"], code=code)["exit_code"] == code
+
+
+def test_differential_trusted_signatures_that_disagree(entries, tmp_path, keys):
+    """Two trusted keys sign different contents (one of them lists another SHA256SUMS): no
+    verifier may pick the one it likes; both refuse, as a signature failure (11)."""
+    es = resign(entries, keys["release"]["key"])
+    resources = {ti.name[len(ROOT) + 1:]: hashlib.sha256(d).hexdigest() for ti, d in es
+                 if ti.isfile() and not ti.name.startswith(f"{ROOT}/signatures/")}
+    resources["SHA256SUMS"] = "0" * 64
+    other = sign_statement(make_statement(ROOT, resources), load_private_key(keys["other"]["key"], None))
+    gi = sig_index(es)
+    es.insert(gi + 1, reg(f"{ROOT}/signatures/{keys['other']['id']}.sig", other))
+    out = write_tar(tmp_path / "disagree.tar", es)
+    rep = assert_same(out, keys["release"]["pub"], keys["other"]["pub"], code=11)
+    assert "trusted signatures disagree" in rep["error"]["message"]
+    # Trusting only the release key, the other signature is just an unknown signer: accepted.
+    assert assert_same(out, keys["release"]["pub"], code=0)["ok"] is True
 
 
 def test_resign_helper_itself_makes_good_bundles(entries, tmp_path, keys):
