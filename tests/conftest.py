@@ -87,15 +87,35 @@ def onnx_light_model(name: str = "light_squeezenet") -> Path:
     return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
 
 
+# The mutation-testing harness (mutation/run.py) runs a few fast test modules once per mutant;
+# making keys and building the session bundle each time would cost seconds per mutant. With
+# TRT_BUNDLER_TEST_CACHE set, `keys` and `tiny_bundle` are made once into that directory and
+# reused. The normal suite never sets it (a cached bundle could outlive the code that built it).
+TEST_CACHE = os.environ.get("TRT_BUNDLER_TEST_CACHE")
+
+
+def _cached_dir(tmp_path_factory, name: str) -> Path:  # noqa: ANN001
+    if not TEST_CACHE:
+        return tmp_path_factory.mktemp(name)
+    d = Path(TEST_CACHE) / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory) -> dict:  # noqa: ANN001
     """Two unencrypted P-256 key pairs made through the CLI: 'release' (trusted) and 'other'."""
-    d = tmp_path_factory.mktemp("keys")
+    d = _cached_dir(tmp_path_factory, "keys")
     out = {}
     for name in ("release", "other"):
+        if (d / f"{name}.id").is_file():
+            out[name] = {"key": d / f"{name}.key", "pub": d / f"{name}.pub", "id": (d / f"{name}.id").read_text()}
+            continue
         r = run_bundle("keys", "generate", name, "--dir", d, "--no-passphrase")
         assert r.code == 0, r.err
         out[name] = {"key": d / f"{name}.key", "pub": d / f"{name}.pub", "id": r.out.strip()}
+        if TEST_CACHE:
+            (d / f"{name}.id").write_text(r.out.strip())
     return out
 
 
@@ -107,7 +127,9 @@ def tiny_model(tmp_path_factory) -> Path:  # noqa: ANN001
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, keys, tiny_model) -> Path:  # noqa: ANN001
     """A real bundle: two TensorRT-RTX engines (sm_86, rtx5090) of the tests' own model."""
-    out = tmp_path_factory.mktemp("dist")
+    out = _cached_dir(tmp_path_factory, "dist")
+    if TEST_CACHE and (out / "tiny-1.0.0.bundle.tar").is_file():
+        return out / "tiny-1.0.0.bundle.tar"
     r = run_bundle(
         "create", tiny_model, "--name", "tiny", "--version", "1.0.0",
         "--target", "sm_86", "--target", "rtx5090", "--shape", "x:1x3x16x16:2x3x16x16:4x3x16x16",

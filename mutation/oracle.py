@@ -1,0 +1,34 @@
+"""Run a materialized case corpus through the shared verifier, in this process.
+
+    python mutation/oracle.py CORPUS.json
+
+The corpus (written by mutation/run.py from tests/test_verifier_cases.py's tables) lists hostile
+and good bundles with the exit code the test suite expects for each. Exit 0 when every case gives
+its code, 1 at the first one that does not (printed). cosmic-ray runs this once per mutant of
+runtime_stub/verify.py: a mutant that leaves every case's code unchanged "survived".
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    corpus = json.loads(Path(sys.argv[1]).read_text())
+    sys.path.insert(0, corpus["repo"])
+    from runtime_stub import verify as shared
+
+    trust = shared.load_trust(corpus["trust"])
+    for case in corpus["cases"]:
+        report = shared.verify_bundle(Path(case["target"]), trust)
+        ok = report.exit_code == case["code"] and report.ok is (case["code"] == 0)
+        if ok and case["code"]:
+            ok = report.error is not None and report.error.code == case["code"] and bool(report.error.message)
+        if not ok:
+            print(f"{case['id']}: expected {case['code']}, got {report.exit_code} ({report.error})")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Mutation testing of the shared verifier and the loader's engine choice, with cosmic-ray.
+
+    python mutation/run.py verify [--work DIR] [--limit N]
+    python mutation/run.py loader [--work DIR]
+    python mutation/run.py report verify|loader [--work DIR]
+
+Why this shape:
+- cosmic-ray rewrites the module on disk for each mutant, so the run happens in a private copy of
+  the repository (DIR/repo, made with `git worktree`), never in the checkout you work in.
+- The test suite drives the verifier through subprocesses (the CLI and `python -I verify.py`),
+  tens of minutes per run. Per mutant, the harness runs the same cases through the shared
+  verifier in-process instead: tests/test_verifier_cases.py's tables (test_stdlib_verifier.py's
+  TAR_CASES, DIR_CASES and re-signed manifests, plus flips and cuts of every member), each with
+  the exit code the suite expects, materialized once into DIR/corpus (mutation/oracle.py runs
+  them, ~1 s). For the loader, tests/test_engine_choice.py runs as it is.
+- Scope (docs/testing.md says what is and is not covered): for verify.py, the sections between
+  the bytes and the verdict: signature files and statements, strict JSON, the manifest schema,
+  engine headers, the tar reader and the pipeline. The pure-Python P-256 arithmetic (2,000
+  mutants, checked against `cryptography` on generated vectors by its own tests), the trust
+  policy, host state, host check and command-line sections are not in this run. Operators: every
+  cosmic-ray operator except the arithmetic/bitwise replacements beyond one per operator
+  (`+` -> `-` is kept, `+` -> `**`, `<<`, `|`... are not) and `is`/`is not` swaps of `==`.
+
+Results: DIR/<module>.sqlite (the cosmic-ray session) and mutation/results-<module>.json (counts
+and every survivor with its line, operator and source), which `report` rewrites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCOPES = {
+    # section markers of runtime_stub/verify.py ("# == NAME"): from this marker up to the next one
+    "verify": ["signature files and statements", "strict JSON", "manifest schema", "engine headers",
+               "strict streaming tar reader", "the pipeline"],
+}
+LOADER_FUNCTIONS = ("_version_matches", "assess", "choose")
+EXCLUDED_OPERATORS = [
+    r"ReplaceBinaryOperator_\w+_(Mul|Div|FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)$",
+    r"ReplaceBinaryOperator_(Mul|Div|FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)_\w+$",
+    r"ReplaceComparisonOperator_\w+_(Is|IsNot)$",
+]
+
+
+def sh(*cmd: str, cwd: Path, env: dict) -> None:
+    subprocess.run(list(cmd), cwd=cwd, env=env, check=True)
+
+
+def section_rows(path: Path, names: list) -> list:
+    """(first, last) line ranges of the named '# == ' sections."""
+    lines = path.read_text().splitlines()
+    marks = [(i + 1, line[5:].split(" (")[0].rstrip(" =")) for i, line in enumerate(lines) if line.startswith("# == ")]
+    out = []
+    for (start, name), nxt in zip(marks, marks[1:] + [(len(lines) + 1, "")]):
+        if any(name.startswith(n) for n in names):
+            out.append((start, nxt[0] - 1))
+    assert len(out) == len(names), (out, names)
+    return out
+
+
+def function_rows(path: Path, names: tuple) -> list:
+    import ast
+    tree = ast.parse(path.read_text())
+    return [(n.lineno, n.end_lineno) for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+
+
+def prepare(work: Path, env: dict) -> Path:
+    """A private worktree at HEAD, and the cached keys and bundle the case tables start from."""
+    repo = work / "repo"
+    if not repo.exists():
+        sh("git", "worktree", "add", "--detach", str(repo), "HEAD", cwd=REPO, env=env)
+    return repo
+
+
+def build_corpus(work: Path, repo: Path, env: dict) -> Path:
+    corpus = work / "corpus.json"
+    if corpus.exists():
+        return corpus
+    # One normal run of the case module makes the keys and the bundle into the cache and proves
+    # that every case gives its expected code on the unmutated code.
+    sh(sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=",
+       "tests/test_verifier_cases.py", "tests/test_engine_choice.py", cwd=repo, env=env)
+    script = f"""
+import json, shutil, sys
+from pathlib import Path
+sys.path.insert(0, {str(repo / 'tests')!r}); sys.path.insert(0, {str(repo)!r})
+import test_verifier_cases as tc
+from runtime_stub import verify as shared
+cache = Path({str(work / 'cache')!r}); out = Path({str(work / 'corpus')!r})
+good = cache / "dist" / "tiny-1.0.0.bundle.tar"
+keys = {{n: {{"key": cache / "keys" / (n + ".key"), "pub": cache / "keys" / (n + ".pub")}} for n in ("release", "other")}}
+extracted = out / "_extracted"
+import tarfile
+with tarfile.open(good) as tf:
+    tf.extractall(extracted, filter="data")
+for p in extracted.rglob("*"):
+    p.chmod(0o755 if p.is_dir() else 0o644)
+ctx = {{"keys": keys, "extracted": extracted / tc.sv.ROOT}}
+cases = dict(tc.TABLE); cases.update(tc.generated_cases(good))
+items = []
+for i, (case, (build, code)) in enumerate(sorted(cases.items())):
+    d = out / str(i); d.mkdir(parents=True)
+    items.append({{"id": case, "target": str(build(good, d, ctx)), "code": code}})
+doc = {{"repo": {str(repo)!r}, "trust": [str(keys["release"]["pub"])], "cases": items}}
+Path({str(corpus)!r}).write_text(json.dumps(doc, indent=1))
+print(len(items), "cases")
+"""
+    sh(sys.executable, "-c", script, cwd=repo, env=env)
+    return corpus
+
+
+def config(work: Path, module: str, repo: Path, corpus: Path, env: dict) -> Path:
+    if module == "verify":
+        path, test = "runtime_stub/verify.py", f"{sys.executable} {REPO / 'mutation' / 'oracle.py'} {corpus}"
+    else:
+        path = "runtime_stub/loader.py"
+        test = (f"{sys.executable} -m pytest -x -q -p no:xdist -p no:cacheprovider -o addopts= "
+                f"tests/test_engine_choice.py")
+    cfg = work / f"{module}.toml"
+    cfg.write_text(f"""[cosmic-ray]
+module-path = "{path}"
+timeout = 60.0
+excluded-modules = []
+test-command = "{test}"
+
+[cosmic-ray.distributor]
+name = "local"
+""")
+    return cfg
+
+
+def scope(session: Path, rows: list) -> None:
+    """Mark mutants outside the scope, or of excluded operators, as skipped."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        skipped = []
+        for item in db.pending_work_items:
+            m = item.mutations[0]
+            row = m.start_pos[0]
+            op = m.operator_name.split("/")[-1]
+            if not any(a <= row <= b for a, b in rows) or any(re.search(e, op) for e in EXCLUDED_OPERATORS):
+                skipped.append(item.job_id)
+        db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+
+
+def report(work: Path, module: str) -> dict:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    repo = work / "repo"
+    src = (repo / ("runtime_stub/verify.py" if module == "verify" else "runtime_stub/loader.py")).read_text().splitlines()
+    counts = {"killed": 0, "survived": 0, "incompetent": 0, "pending": 0, "skipped": 0, "error": 0}
+    survivors = []
+    with use_db(str(work / f"{module}.sqlite"), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                counts["skipped"] += 1
+            elif result.worker_outcome != WorkerOutcome.NORMAL:
+                counts["error"] += 1
+            elif result.test_outcome == TestOutcome.KILLED:
+                counts["killed"] += 1
+            elif result.test_outcome == TestOutcome.INCOMPETENT:
+                counts["incompetent"] += 1
+            else:
+                counts["survived"] += 1
+                m = item.mutations[0]
+                survivors.append({"line": m.start_pos[0], "operator": m.operator_name.split("/")[-1],
+                                  "occurrence": m.occurrence, "source": src[m.start_pos[0] - 1].strip(),
+                                  "job": item.job_id})
+        counts["pending"] = db.num_work_items - db.num_results
+    run = counts["killed"] + counts["survived"] + counts["incompetent"]
+    doc = {"module": module, "counts": counts, "kill_rate_all": round(counts["killed"] / run, 4) if run else None,
+           "survivors": sorted(survivors, key=lambda s: (s["line"], s["operator"]))}
+    (REPO / "mutation" / f"results-{module}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["verify", "loader", "report"])
+    ap.add_argument("module", nargs="?", choices=["verify", "loader"])
+    ap.add_argument("--work", type=Path, default=REPO / ".mutation")
+    args = ap.parse_args()
+    work = args.work.resolve()
+    if args.what == "report":
+        doc = report(work, args.module or "verify")
+        print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}))
+        return 0
+    module = args.what
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TRT_BUNDLER_TEST_CACHE=str(work / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    repo = prepare(work, env)
+    env["PYTHONPATH"] = str(repo)
+    corpus = build_corpus(work, repo, env)
+    cfg = config(work, module, repo, corpus, env)
+    session = work / f"{module}.sqlite"
+    if not session.exists():
+        sh("cosmic-ray", "init", str(cfg), str(session), cwd=repo, env=env)
+        target = repo / ("runtime_stub/verify.py" if module == "verify" else "runtime_stub/loader.py")
+        rows = section_rows(target, SCOPES["verify"]) if module == "verify" else function_rows(target, LOADER_FUNCTIONS)
+        scope(session, rows)
+        sh("cosmic-ray", "baseline", str(cfg), cwd=repo, env=env)
+    t0 = time.time()
+    sh("cosmic-ray", "exec", str(cfg), str(session), cwd=repo, env=env)
+    doc = report(work, module)
+    print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}), f"{time.time() - t0:.0f} s")
+    shutil.rmtree(work / "corpus" / "_tmp", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

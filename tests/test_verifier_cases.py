@@ -1,0 +1,171 @@
+"""Every hostile case of the verifier tables, run in-process against the shared verifier.
+
+tests/test_stdlib_verifier.py runs these cases through both entry points in subprocesses
+(`bundle verify --json` and `python -I verify.py --json`), which is what users run. This module
+runs the same tables, with the same expected exit codes, through `runtime_stub.verify.verify_bundle`
+in this process: about a second for all of them. That speed is what the mutation-testing harness
+(mutation/run.py) needs: it runs this module once per mutant of the shared verifier, and a case
+that still gives its expected code under a mutant means the suite did not notice the change.
+
+Besides the tables: a byte flip in the data of every member, a flipped byte in every header field,
+truncation at 512-byte boundaries (`generated_cases`), the trailing-zero allowance to the byte,
+and the good bundle itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+import test_stdlib_verifier as sv
+from runtime_stub import verify as shared
+
+def _tar_case(make: Callable[[Path, Path], None]) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        out = work / "case.tar"
+        make(good, out)
+        return out
+    return build
+
+
+def _dir_case(make: Callable[[Path], None]) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        d = work / sv.ROOT
+        shutil.copytree(ctx["extracted"], d)
+        make(d)
+        return d
+    return build
+
+
+def _resigned_case(kw: dict) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        return sv.write_tar(work / "case.tar", sv.resign(sv.read_entries(good), ctx["keys"]["release"]["key"], **kw))
+    return build
+
+
+def _flip_data(member: str) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        header, data, size = sv.data_offsets(good)[member]
+        out = work / "case.tar"
+        shutil.copyfile(good, out)
+        return sv.flip(out, data + size // 2)
+    return build
+
+
+def _flip_header(member: str, at: int) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        out = work / "case.tar"
+        shutil.copyfile(good, out)
+        return sv.flip(out, sv.data_offsets(good)[member][0] + at)
+    return build
+
+
+def _cut(n_blocks: int) -> Callable[[Path, Path, dict], Path]:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        out = work / "case.tar"
+        out.write_bytes(good.read_bytes()[: n_blocks * 512])
+        return out
+    return build
+
+
+def _zeros(extra: int) -> Callable[[Path, Path, dict], Path]:
+    """The bundle with its end-of-archive padding grown to the allowance plus ``extra`` bytes."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        data = good.read_bytes()
+        end = max(h + 512 + ((s + 511) & ~511) for h, _, s in sv.data_offsets(good).values()) + 1024
+        out = work / "case.tar"
+        out.write_bytes(data[:end] + b"\0" * (shared.Limits().max_trailing_zeros + extra))
+        return out
+    return build
+
+
+def _identity(good: Path, work: Path, ctx: dict) -> Path:
+    return good
+
+
+def _resigned_params() -> List[Tuple[str, dict, int]]:
+    mark = next(m for m in sv.test_differential_resigned_by_trusted_key.pytestmark if m.name == "parametrize")
+    return [tuple(p) for p in mark.args[1]]
+
+
+def _good_members(good: Path) -> List[str]:
+    with tarfile.open(good) as tf:
+        return [ti.name for ti in tf.getmembers() if ti.isfile()]
+
+
+TABLE: Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]] = {"good-bundle": (_identity, 0)}
+TABLE.update({f"tar/{k}": (_tar_case(make), code) for k, (make, code) in sv.TAR_CASES.items()})
+TABLE.update({f"dir/{k}": (_dir_case(make), code) for k, (make, code) in sv.DIR_CASES.items()})
+TABLE.update({f"resigned/{k}": (_resigned_case(kw), code) for k, kw, code in _resigned_params()})
+TABLE.update({"zeros/at-the-allowance": (_zeros(0), 0), "zeros/one-byte-over": (_zeros(1), 10)})
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_bundle, keys, tmp_path_factory) -> dict:  # noqa: ANN001
+    dest = tmp_path_factory.mktemp("cases-extracted") / sv.ROOT
+    report = shared.verify_bundle(tiny_bundle, shared.load_trust([str(keys["release"]["pub"])]))
+    assert report.ok, report.error
+    # An extracted copy, made by the tar module from the verified bytes (what `bundle extract`
+    # writes, without depending on the code under test to make the fixture).
+    with tarfile.open(tiny_bundle) as tf:
+        tf.extractall(dest.parent, filter="data")
+    for p in dest.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return {"keys": keys, "extracted": dest, "trust": shared.load_trust([str(keys["release"]["pub"])])}
+
+
+def _check(target: Path, code: int, trust: dict) -> None:
+    report = shared.verify_bundle(target, trust)
+    got = report.exit_code
+    assert got == code, f"expected {code}, got {got}: {report.error}"
+    assert report.ok is (code == 0)
+    if code:
+        assert report.error is not None and report.error.code == code and report.error.message
+
+
+@pytest.mark.parametrize("case", sorted(TABLE))
+def test_case(case, tiny_bundle, ctx, tmp_path):  # noqa: ANN001
+    build, code = TABLE[case]
+    _check(build(tiny_bundle, tmp_path, ctx), code, ctx["trust"])
+
+
+def generated_cases(good: Path) -> Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]]:
+    """Cases made from the good bundle's own layout: a flipped data byte in every member (the
+    signature file's is a signature failure, any other a digest one); a flipped byte in every
+    header field of every member without fixing the checksum (an archive failure); and cuts at
+    512-byte boundaries before the end-of-archive marker (archive failures): every boundary of
+    every header and of the marker, and the first, middle and last block of each member's data
+    (every boundary of the data would add ~4,000 runs and no new code path)."""
+    out: Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]] = {}
+    offsets = sv.data_offsets(good)
+    for name in _good_members(good):
+        rel = name.split("/", 1)[1]
+        out[f"flip-data/{rel}"] = (_flip_data(name), 11 if "/signatures/" in name else 12)
+        for field, at in (("name", 0), ("mode", 101), ("size", 125), ("chksum", 149), ("type", 156),
+                          ("magic", 258), ("prefix", 345)):
+            out[f"flip-header/{rel}/{field}"] = (_flip_header(name, at), 10)
+    cuts = {0, 1}
+    for h, d, size in offsets.values():
+        last = (d + size + 511) // 512
+        cuts.update({h // 512, d // 512, (d + size // 2) // 512, last - 1, last})
+    end = max(h + 512 + ((size + 511) & ~511) for h, _, size in offsets.values()) // 512
+    cuts.update({end, end + 1})
+    assert end + 2 <= good.stat().st_size // 512 and max(cuts) == end + 1
+    out.update({f"cut/{n}-blocks": (_cut(n), 10) for n in sorted(cuts)})
+    return out
+
+
+def test_generated_cases(tiny_bundle, ctx, tmp_path):  # noqa: ANN001
+    cases = generated_cases(tiny_bundle)
+    assert len(cases) > 100
+    for i, (case, (build, code)) in enumerate(sorted(cases.items())):
+        work = tmp_path / str(i)
+        work.mkdir()
+        try:
+            _check(build(tiny_bundle, work, ctx), code, ctx["trust"])
+        except AssertionError as e:
+            raise AssertionError(f"{case}: {e}") from None
