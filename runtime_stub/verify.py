@@ -68,6 +68,7 @@ import ctypes.util
 import dataclasses
 import datetime
 import enum
+import functools
 import hashlib
 import io
 import itertools
@@ -1212,19 +1213,28 @@ class SchemaError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_fields(tp: Any) -> Tuple[Tuple[str, Any, bool], ...]:
+    """(name, type, required) for each field of a schema dataclass. `typing.get_type_hints`
+    evaluates every annotation again on each call, which was most of a manifest's parse time;
+    the answer for a class never changes."""
+    hints = typing.get_type_hints(tp)
+    return tuple((f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)  # type: ignore[misc]
+                 for f in dataclasses.fields(tp))
+
+
 def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SchemaError(f"{where}: expected an object")
-        hints = typing.get_type_hints(tp)
         kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise SchemaError(f"{where}: missing field {f.name!r}")
+        for name, ftype, required in _schema_fields(tp):
+            if name in value:
+                kwargs[name] = _convert(ftype, value[name], f"{where}.{name}")
+            elif required:
+                raise SchemaError(f"{where}: missing field {name!r}")
         return tp(**kwargs)
     if origin is Union:
         if value is None and type(None) in args:
