@@ -79,6 +79,8 @@ def prepare(work: Path, env: dict) -> Path:
     repo = work / "repo"
     if not repo.exists():
         sh("git", "worktree", "add", "--detach", str(repo), "HEAD", cwd=REPO, env=env)
+    else:  # a run stopped half-way leaves its mutant on disk; the session resumes where it was
+        sh("git", "checkout", "--", "runtime_stub", cwd=repo, env=env)
     return repo
 
 
