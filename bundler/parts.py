@@ -183,10 +183,9 @@ def split_bundle(
     count = -(-total // part_size)
     names = [part_file_name(subject, sid, k, count) for k in range(1, count + 1)]
     index_name = part_index_name(subject, sid)
-    for n in names + [index_name]:
-        if (out_dir / n).exists() or (out_dir / n).is_symlink():
-            raise OutputError(f"{out_dir / n}: already exists; parts are never overwritten "
-                              "(the same split of the same bundle is already there?)")
+    if (out_dir / index_name).exists() or (out_dir / index_name).is_symlink():
+        raise OutputError(f"{out_dir / index_name}: already exists; this split of this bundle is there already "
+                          "(parts and indexes are never overwritten)")
     try:
         made = make_dirs(out_dir)
     except OSError as e:
@@ -212,7 +211,10 @@ def split_bundle(
         _fsync_dir(out_dir)
         from .seal import _publish  # link(2) or renameat2(NOREPLACE): never replaces a file
 
-        for tmp, name in zip(temps, names + [index_name]):
+        for tmp, name, rec in zip(temps, names + [index_name], records + [None]):
+            if rec is not None and _same_part(out_dir / name, rec):
+                tmp.unlink()  # left by a split killed while publishing: the very same bytes, kept
+                continue
             _publish(tmp, out_dir / name)
             published.append(out_dir / name)
         _fsync_dir(out_dir)
@@ -224,6 +226,18 @@ def split_bundle(
         raise
     return SplitResult(out_dir / index_name, tuple(out_dir / n for n in names), sid, part_size, report.sha256,
                        report.content_digest, key_id(key.public_key()))
+
+
+def _same_part(path: Path, rec: PartRecord) -> bool:
+    """Whether a part already under its final name holds exactly the bytes this split wrote for
+    it (names are a function of the bundle and the part size, so a re-run after a split that was
+    killed while publishing finds its parts there); anything else there is never overwritten."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_file() and not path.is_symlink() and path.stat().st_size == rec.size:
+        if read_back_sha256(path) == rec.sha256:
+            return True
+    raise OutputError(f"{path}: already exists with other bytes; parts are never overwritten")
 
 
 def _undo(temps: List[Path], published: List[Path], made: List[Path]) -> None:

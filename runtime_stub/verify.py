@@ -3941,7 +3941,8 @@ def _main(argv: Optional[List[str]]) -> int:
         description="Verify a trt-bundler bundle (tar or extracted directory) against trusted keys, "
                     "with the Python standard library only. Exit 0 only if every check holds.",
     )
-    parser.add_argument("bundle", help="a .bundle.tar file, or a directory made by `bundle extract`")
+    parser.add_argument("bundle", help="a .bundle.tar file, a directory made by `bundle extract`, or a split bundle's "
+                                       "part index (.parts.json) or any of its parts")
     parser.add_argument("--trust", action="append", default=[], metavar="PUB",
                         help="trusted public key PEM (repeatable; default: $BUNDLE_TRUST, files separated by os.pathsep); "
                              "a key inside the bundle is never trusted")

@@ -134,6 +134,23 @@ def test_split_cuts_plain_byte_ranges_under_a_signed_index(three, bundles, keys,
     r = run_bundle("split", bundle, "--key", keys["release"]["key"], "--trust", keys["release"]["pub"],
                    "--out", index.parent, "--max-part-size", size)
     assert r.code == 6 and "already exists" in r.err
+    # A split killed while publishing left parts 1 and 2, no index: the same split completes it,
+    # keeping the identical parts; a file with other bytes under a part's name is never replaced.
+    again = tmp_path / "again"
+    again.mkdir()
+    for p in files[:2]:
+        shutil.copyfile(p, again / p.name)
+    r = run_bundle("split", bundle, "--key", keys["release"]["key"], "--trust", keys["release"]["pub"],
+                   "--out", again, "--max-part-size", size)
+    assert r.code == 0, r.err
+    assert sorted(os.listdir(again)) == sorted([index.name] + [p.name for p in files])
+    assert b"".join((again / p.name).read_bytes() for p in files) == bundle.read_bytes()
+    (again / index.name).unlink()
+    (again / files[2].name).write_bytes(b"not this part")
+    r = run_bundle("split", bundle, "--key", keys["release"]["key"], "--trust", keys["release"]["pub"],
+                   "--out", again, "--max-part-size", size)
+    assert r.code == 6 and "other bytes" in r.err
+    assert not (again / index.name).exists() and not list(again.glob(".*partial*"))
     # A bundle that does not verify is not split, and nothing is written.
     r = run_bundle("split", bundle, "--key", keys["release"]["key"], "--trust", keys["other"]["pub"],
                    "--out", tmp_path / "x", "--max-part-size", size)
