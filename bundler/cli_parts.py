@@ -100,7 +100,7 @@ def copy_cmd(
         if len(sources) < 2:
             raise UsageError("give one or more sources and then the destination directory; see 'bundle copy --help'")
         *srcs, dest = sources
-        with _Bar(f"copying to {dest}") as bar:
+        with _Bar("copy + read back") as bar:  # a fixed label: rich would read a path as markup
             res = copy_to_media(srcs, dest, progress=bar.update)
         c = _out()
         for f in res.files:
