@@ -37,6 +37,8 @@ from .signing import (
     parse_expiry,
 )
 from .targets import Target, parse_target
+from .media import CopyResult, copy_to_media as copy
+from .parts import JoinResult, SplitResult, join_parts as join, split_bundle as split
 from .verify import VerifyReport, verify_bundle
 from runtime_stub.verify import StateOptions, TrustPolicy, load_policy, state_options, verify_policy_update
 
@@ -48,6 +50,7 @@ __all__ = [
     "parse_expiry", "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal",
     "select_backend", "sign", "verify", "write_verifier",
     "StateOptions", "TrustPolicy", "load_policy", "state_options", "verify_policy_update",
+    "CopyResult", "JoinResult", "SplitResult", "copy", "join", "split",
 ]
 
 

@@ -633,6 +633,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
         _say(c, _line("sha256:  ", rep.sha256))
     ok_files = sum(1 for f in rep.files if f.status == "ok")
     _say(c, Text(f"files:   {ok_files}/{len(rep.files)} match the signed digests"))
+    from runtime_stub.verify import part_lines  # a split bundle: its parts, and which are bad
+
+    for line in part_lines(rep):
+        _say(c, Text(line))
     if rep.engines:
         t = Table(title="engines")
         for col in ("engine", "target", "cc", "header", "runs here"):
@@ -1018,4 +1022,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m bundler.cli` runs this file as __main__, a module other than bundler.cli; the
+    # cli_<area> modules register their commands on bundler.cli's app (the import at the end),
+    # so run that module's main, which has them all.
+    from bundler.cli import main as _main_with_every_command
+
+    _main_with_every_command()
+
+
+from . import cli_parts  # noqa: E402,F401 - registers its commands

@@ -28,6 +28,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     KeyFileError,
     LimitsError,
     MembersError,
+    PartsError,
     RollbackError,
     SignatureError,
     UnsafeMemberError,
@@ -53,6 +54,14 @@ class AccuracyError(BundleError):
     code = ExitCode.ACCURACY
 
 
+class MediaError(BundleError):
+    """`bundle copy`: the destination cannot hold the file (a FAT file system's 4 GiB - 1 limit,
+    or too little free space). Refused before anything is written; the message gives the
+    `bundle split` that makes parts that fit."""
+
+    code = ExitCode.MEDIA
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM, raised where the program is so every ``finally`` and ``except
     KeyboardInterrupt`` cleanup runs (staging and temporary directories, worker processes).
@@ -73,7 +82,7 @@ class Interrupted(KeyboardInterrupt):
 def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
     """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
     for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
-                BindingError, HostError, RollbackError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
+                BindingError, HostError, RollbackError, PartsError, MediaError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
         if int(cls.code) == int(code):
             return cls(message, member=member)
     return BundleError(message, member=member)

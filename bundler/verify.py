@@ -158,9 +158,11 @@ def verify_bundle(
     allow_expired: bool = False,
     now: Optional[float] = None,
     state: Optional[StateOptions] = None,
+    tee: Optional[Callable[[memoryview], None]] = None,
 ) -> VerifyReport:
-    """Verify a bundle (a tar, or an extracted directory) against trusted keys; optionally
-    extract a tar into ``extract_to``.
+    """Verify a bundle (a tar, an extracted directory, or a split bundle's part index or any
+    of its parts) against trusted keys; optionally extract a tar or a part set into ``extract_to``.
+    ``tee`` receives a part set's bytes as they stream (`bundler.parts.join`).
 
     With ``state``, a verified bundle is also checked against the host state (rollback,
     equal-version conflict, --max-age; a refusal is a failed report, exit 18) and, with
@@ -197,7 +199,7 @@ def verify_bundle(
             raise
     try:
         report = _verify_bundle(path, trusted, limits, require_host, sink=sink, progress=progress, ecdsa=EcdsaChecker(),
-                                allow_expired=allow_expired, now=now)
+                                allow_expired=allow_expired, now=now, tee=tee)
         published = False
 
         def publish() -> None:

@@ -19,7 +19,12 @@ Exit codes: 0 verified; 1 internal error; 2 usage; 3 bad input; 4 key problem; 1
 (extra, missing, duplicated); 14 unsafe member (links, devices, '..', setuid, odd PAX keys, case
 clash); 15 limits; 16 binding (signed metadata disagrees with the bundle); 17 host (only with
 --require-host); 18 rollback (only with a host state, --state or BUNDLE_STATE: older than a
-version this host accepted, a different bundle under an accepted version, or stale by --max-age).
+version this host accepted, a different bundle under an accepted version, or stale by --max-age);
+19 parts (a split bundle: a part missing, damaged, from another bundle or another split).
+
+BUNDLE may also be a split bundle: its part index (NAME-VERSION.bundle.tar.ID.parts.json, made by
+`bundle split`) or any one of its parts. Every part is checked against the signed index and the
+bundle is verified streaming part after part, without a joined copy.
 
 Signatures are OpenSSF model-signing v1.0 files (sigstore bundle v0.3 JSON, DSSE envelope,
 in-toto statement) made with ECDSA P-256 keys; the ECDSA verification below is written out in
@@ -150,6 +155,8 @@ class ExitCode(enum.IntEnum):
     BINDING = 16
     HOST = 17
     ROLLBACK = 18  # the host state refuses an authentic bundle: older, equivocating or stale
+    PARTS = 19  # a split bundle: a part bad, missing, from another bundle or another split; the part index
+    MEDIA = 23  # `bundle copy`: the destination cannot hold the file (FAT32's 4 GiB - 1, free space)
 
 
 class BundleError(Exception):
@@ -214,6 +221,12 @@ class BindingError(VerificationError):
 
 class HostError(VerificationError):
     code = ExitCode.HOST
+
+
+class PartsError(VerificationError):
+    """A part set (a bundle split by `bundle split`) is not the one its signed part index
+    describes: a part missing, damaged, from another bundle or from another split."""
+    code = ExitCode.PARTS
 
 
 # == ECDSA P-256 (secp256r1) verification over SHA-256 =========================================
@@ -1630,8 +1643,8 @@ _LINK_KINDS = {b"1": "hard link", b"2": "symlink", b"3": "character device", b"4
 class StrictTarReader:
     """Iterates members of a POSIX tar, refusing anything a bundle never contains."""
 
-    def __init__(self, f: Any, limits: Limits = Limits(), threaded: bool = True) -> None:
-        self._r = _open_source(f, threaded)
+    def __init__(self, f: Any, limits: Limits = Limits(), threaded: bool = True, source: Optional[_Source] = None) -> None:
+        self._r = source if source is not None else _open_source(f, threaded)  # source: a part set's
         self.limits = limits
         self._left = 0
         self._pad = 0
@@ -1904,6 +1917,7 @@ class VerifyReport:
     extracted_to: Optional[str] = None
     content_digest: Optional[str] = None  # the accepted statement's subject digest (subject_digest)
     host_state: "Optional[StateReport]" = None  # what the host state said (--state), else None
+    parts: "Optional[PartsReport]" = None  # a split bundle: the part index and every part's check
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -1951,7 +1965,8 @@ class _State:
 def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy], limits: Limits = Limits(),
                   require_host: bool = False, threaded: bool = True, *, sink: Optional[Sink] = None,
                   progress: Optional[Callable[[int, int], None]] = None, ecdsa: Optional[Ecdsa] = None,
-                  allow_expired: bool = False, now: Optional[float] = None) -> VerifyReport:
+                  allow_expired: bool = False, now: Optional[float] = None,
+                  tee: Optional[Callable[[memoryview], None]] = None) -> VerifyReport:
     """Verify a bundle tar, or an extracted bundle directory, against trusted keys.
 
     Never raises for a bad bundle: the report carries the failure, its class and exit code.
@@ -1961,6 +1976,11 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
     passes `cryptography`'s, cross-checked against this one in the tests). ``allow_expired``
     accepts a signature past its signed expiry (recorded as ``expired_accepted``); ``now``
     replaces the host clock for that check (seconds since the epoch).
+
+    ``path`` may also name a split bundle: its part index or any of its parts (`part_index_for`).
+    Then the index's signature is checked under the same trust, every part against the index,
+    and the bundle streams part after part through the same pipeline (`_run_parts`); ``tee``
+    receives every byte of the joined bundle as it streams (`bundle join` writes it).
     """
     path = Path(path)
     is_dir = path.is_dir()
@@ -1980,6 +2000,8 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
                 _run_directory(path, trusted, state, limits)
             except OSError as e:
                 raise ArchiveError(f"{e.filename or path}: read error ({e.strerror or e})") from None
+        elif part_index_for(path) is not None:
+            _run_parts(path, state, limits, threaded, progress, tee)
         else:
             with open(path, "rb", buffering=0) as f:
                 reader = StrictTarReader(f, limits, threaded)
@@ -2203,16 +2225,14 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
     full_of = {rel: full for full, rel, _ in sig_files}
     for full, rel, raw in sig_files:
         sf = parse_signature_file(raw, full)
-        known = policy.keys
-        candidates = [known[sf.hint]] if sf.hint in known else ([] if sf.hint else list(known.values()))
+        candidates = _candidate_keys(sf, policy)
         sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None)
         report.signers.append(sr)
         for tk in candidates:
             if verify_signature(sf, tk.key, ecdsa):
                 sr.key_id, sr.trusted, sr.valid, sr.trust_source, sr.name = tk.key_id, True, True, tk.source, tk.name
                 if tk.key_id in policy.revoked:
-                    r = policy.revoked[tk.key_id]
-                    sr.reason = f"key revoked on {r.date}: {r.reason}"
+                    sr.reason = _revoked_reason(policy, tk.key_id)
                 else:
                     statements.append(parse_statement(sf.payload, full))
                 break
@@ -2237,6 +2257,34 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
     return first
 
 
+def _candidate_keys(sf: SignatureFile, policy: TrustPolicy) -> List[TrustedKey]:
+    """The trusted keys a signature file's signature is tried with (section 6.3): the key its
+    hint names; none when the hint names a key the policy does not hold; every key when there is
+    no hint. Bundle signatures and part indexes alike."""
+    known = policy.keys
+    return [known[sf.hint]] if sf.hint in known else ([] if sf.hint else list(known.values()))
+
+
+def _revoked_reason(policy: TrustPolicy, key_id: str) -> str:
+    r = policy.revoked[key_id]
+    return f"key revoked on {r.date}: {r.reason}"
+
+
+def _key_reason(policy: TrustPolicy, tk: TrustedKey, name: str, rule: RuleDoc, now: float) -> str:
+    """Why a valid signature by ``tk`` does not count for a bundle named ``name`` under
+    ``rule`` ("" when it counts): revoked, outside the key's validity window, or not a key the
+    rule allows. The one rule for bundle signatures (`_check_policy`) and part indexes."""
+    if tk.key_id in policy.revoked:
+        return _revoked_reason(policy, tk.key_id)
+    if tk.not_before is not None and now < parse_utc(tk.not_before, "not_before"):
+        return f"key not valid before {tk.not_before}"
+    if tk.not_after is not None and now > parse_utc(tk.not_after, "not_after"):
+        return f"key expired after {tk.not_after}"
+    if tk.key_id not in policy.allowed(rule):
+        return f"key not allowed to sign {name!r} (rule {rule.bundles!r})"
+    return ""
+
+
 def _check_policy(st: "_State", name: str) -> None:
     """Count the signatures against the policy rule for bundle ``name`` (from the manifest).
 
@@ -2249,19 +2297,15 @@ def _check_policy(st: "_State", name: str) -> None:
     rule = policy.rule_for(name)
     if rule is None:
         raise SignatureError(f"the trust policy ({policy.source}) has no rule for bundles named {name!r}")
-    allowed = set(policy.allowed(rule))
     now = _now(st)
     counted = []  # type: List[str]
     for sr in report.signers:
         tk = policy.keys.get(sr.key_id or "")
         if not sr.valid or tk is None or sr.reason:
             continue
-        if tk.not_before is not None and now < parse_utc(tk.not_before, "not_before"):
-            sr.reason = f"key not valid before {tk.not_before}"
-        elif tk.not_after is not None and now > parse_utc(tk.not_after, "not_after"):
-            sr.reason = f"key expired after {tk.not_after}"
-        elif tk.key_id not in allowed:
-            sr.reason = f"key not allowed to sign {name!r} (rule {rule.bundles!r})"
+        reason = _key_reason(policy, tk, name, rule, now)
+        if reason:
+            sr.reason = reason
         elif tk.key_id in counted:
             sr.reason = "the same key signed twice: counted once"
         else:
@@ -3269,6 +3313,533 @@ def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optio
         report.host_state.recorded = True
 
 
+# == split bundles: part sets (bundle split/join/copy; docs/bundle-format.md section 13) ========
+#
+# A bundle too large for its medium is cut by `bundle split` into numbered parts: plain byte
+# ranges of the tar, so `cat` of the parts in order is the bundle, byte for byte. A part index,
+# signed like the bundle (a model-signing/DSSE signature file, checked under the same trust or
+# policy), lists each part's size and SHA-256 and the whole bundle's digest. Everything needed to
+# judge a part set is here, so `bundle verify/extract/run/join` and this file agree on it.
+
+PARTS_FORMAT = "trt-bundle-parts/1"
+PARTS_PREDICATE_TYPE = "https://trt-bundler/part-index/v1"  # not model-signing's: never a bundle signature
+PART_INDEX_SUFFIX = ".parts.json"
+MAX_PARTS = 4096
+MAX_PART_INDEX_SIZE = 4 << 20
+_PART_NAME_RE = re.compile(r"(.+)\.([0-9a-f]{12})\.part-([0-9]{3,})-of-([0-9]{3,})\Z")
+_USTAR_MAGIC = b"ustar\x0000"
+
+
+@dataclass
+class HeaderMark:
+    offset: int  # from the start of the part; a multiple of 512
+    name: str  # the header's ustar name field (prefix/name), as text
+
+
+@dataclass
+class PartRecord:
+    number: int
+    name: str
+    offset: int
+    size: int
+    sha256: str
+    first_header: Optional[HeaderMark]
+    last_header: Optional[HeaderMark]
+
+
+@dataclass
+class PartBundleRecord:
+    name: str
+    version: str
+    size: int
+    content_digest: str
+
+
+@dataclass
+class PartIndexDoc:
+    format: str
+    split_id: str
+    created: str
+    part_size: int
+    bundle: PartBundleRecord
+    parts: List[PartRecord]
+
+
+@dataclass(frozen=True)
+class PartIndex:
+    subject: str  # the file the parts make: NAME-VERSION.bundle.tar
+    sha256: str  # the whole bundle's SHA-256 (the statement's subject digest)
+    doc: PartIndexDoc
+
+    @property
+    def root(self) -> str:
+        return f"{self.doc.bundle.name}-{self.doc.bundle.version}"
+
+
+@dataclass
+class PartReport:
+    number: int
+    name: str
+    expected_size: int
+    expected_sha256: str
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    # ok | missing | not-a-file | unreadable | size-mismatch | damaged | other-bundle | other-split | pending
+    status: str = "pending"
+    detail: str = ""  # what is wrong, as the end of "part K of N (NAME) ..."
+
+
+@dataclass
+class PartsReport:
+    index: str
+    split_id: str
+    created: str
+    part_size: int
+    bundle: str  # NAME-VERSION.bundle.tar, the file the parts make
+    bundle_sha256: str
+    signer: SignerReport
+    parts: List[PartReport] = field(default_factory=list)
+
+
+def split_id_for(sha256: str, part_size: int) -> str:
+    """A split's id: a function of the bundle's bytes and the part size. Splitting a bundle the
+    same way twice gives the same names and bytes; any other split of it (another part size, a
+    countersigned copy) gets other names, so two splits never overwrite each other's parts."""
+    return hashlib.sha256(f"{PARTS_FORMAT}:{sha256}:{part_size}".encode("ascii")).hexdigest()[:12]
+
+
+def part_file_name(subject: str, split_id: str, number: int, count: int) -> str:
+    """``NAME-VERSION.bundle.tar.ID.part-002-of-003``: zero-padded, so `ls` and a shell glob list
+    the parts in order (``cat NAME-VERSION.bundle.tar.ID.part-* > NAME-VERSION.bundle.tar``)."""
+    width = max(3, len(str(count)))
+    return f"{subject}.{split_id}.part-{number:0{width}d}-of-{count:0{width}d}"
+
+
+def part_index_name(subject: str, split_id: str) -> str:
+    return f"{subject}.{split_id}{PART_INDEX_SUFFIX}"
+
+
+def part_index_for(path: Path) -> Optional[Path]:
+    """The part index a path stands for: itself when its name ends in ``.parts.json``; the index
+    beside it when it is named like a part (``….ID.part-K-of-N``); else None (a bundle tar)."""
+    path = Path(path)
+    if path.name.endswith(PART_INDEX_SUFFIX):
+        return path
+    m = _PART_NAME_RE.match(path.name)
+    return path.with_name(part_index_name(m.group(1), m.group(2))) if m else None
+
+
+def parse_part_index(payload: bytes, where: str) -> PartIndex:
+    """A part index's statement (section 13.2), checked in full: strict JSON, the schema, and a
+    layout with nothing left to interpretation (parts numbered from 1, each ``part_size`` bytes
+    but the last, in order, covering the bundle exactly, named by the naming rule, the split id
+    derived from the digest and the part size). Any fault is [parts]. The signature over it is
+    `load_part_index`'s; `bundle copy` reads an index with this alone (it judges no trust)."""
+    def bad(msg: str) -> PartsError:
+        return PartsError(f"{where}: not a usable part index ({msg})", member=where)
+
+    try:
+        st = loads_strict(payload)
+        if not isinstance(st, dict):
+            raise ValueError("not a JSON object")
+        if st.get("_type") != STATEMENT_TYPE:
+            raise ValueError(f"statement type {st.get('_type')!r}")
+        if st.get("predicateType") != PARTS_PREDICATE_TYPE:
+            raise ValueError(f"predicate type {st.get('predicateType')!r}")
+        subjects = st["subject"]
+        if not isinstance(subjects, list) or len(subjects) != 1:
+            raise ValueError("expected one subject")
+        subject, digest = subjects[0]["name"], subjects[0]["digest"]["sha256"]
+        if not isinstance(subject, str) or not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise ValueError("bad subject")
+        doc = _convert(PartIndexDoc, st["predicate"], "predicate")
+    except RecursionError:
+        raise bad("nested too deeply") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # StrictJSONError, SchemaError too
+        raise bad(str(e)) from None
+    if doc.format != PARTS_FORMAT:
+        raise bad(f"format {doc.format!r}; this verifier reads {PARTS_FORMAT}")
+    try:
+        check_bundle_name(doc.bundle.name)
+        check_version(doc.bundle.version)
+    except InputError as e:
+        raise bad(e.message) from None
+    idx = PartIndex(subject, digest, doc)
+    total, size, parts = doc.bundle.size, doc.part_size, doc.parts
+    if subject != f"{idx.root}.bundle.tar":
+        raise bad(f"subject {subject!r} is not {idx.root}.bundle.tar")
+    if not _HEX64.fullmatch(doc.bundle.content_digest) or not _CREATED_RE.match(doc.created):
+        raise bad("content_digest or created malformed")
+    if size <= 0 or size % BLOCK or total <= 0:
+        raise bad(f"part size {size} is not a positive multiple of {BLOCK}, or bundle size {total} is not positive")
+    count = -(-total // size)
+    if count > MAX_PARTS or len(parts) != count:
+        raise bad(f"{len(parts)} parts for {total} bytes in parts of {size} (at most {MAX_PARTS} parts)")
+    if doc.split_id != split_id_for(digest, size):
+        raise bad(f"split id {doc.split_id!r} is not the one of this bundle and part size")
+    for k, rec in enumerate(parts):
+        want_size = min(size, total - k * size)
+        if (rec.number, rec.offset, rec.size) != (k + 1, k * size, want_size):
+            raise bad(f"part #{k + 1}: number, offset or size out of sequence")
+        if rec.name != part_file_name(subject, doc.split_id, k + 1, count):
+            raise bad(f"part {k + 1}: name {rec.name!r} breaks the naming rule")
+        if not _HEX64.fullmatch(rec.sha256):
+            raise bad(f"part {k + 1}: sha256 is not 64 lower-case hex digits")
+        for m in (rec.first_header, rec.last_header):
+            if m is not None and (m.offset < 0 or m.offset % BLOCK or m.offset + BLOCK > rec.size):
+                raise bad(f"part {k + 1}: a header mark outside the part")
+    return idx
+
+
+def load_part_index(path: Path, policy: TrustPolicy, ecdsa: Optional[Ecdsa] = None,
+                    now: Optional[float] = None) -> Tuple[PartIndex, SignerReport]:
+    """Read a part index and check its signature under ``policy`` (section 13.2).
+
+    The signature is checked before anything in the statement is read, with the same keys and
+    rules as a bundle's (`_candidate_keys`, `_key_reason`): by a key of the policy, not revoked,
+    inside its validity window, allowed by the rule for the bundle's name. One such signature
+    suffices, whatever the rule's threshold: the index only locates and identifies parts; the
+    bundle itself is verified under the full rule as it streams (docs/security.md).
+    """
+    where = str(path)
+    raw = read_bounded(Path(path), MAX_PART_INDEX_SIZE, PartsError, "part index")
+    sf = parse_signature_file(raw, where)
+    candidates = _candidate_keys(sf, policy)
+    tk = next((k for k in candidates if verify_signature(sf, k.key, ecdsa)), None)
+    if tk is None:
+        if candidates:
+            under = f"trusted key {candidates[0].key_id[:16]}..." if sf.hint else "any trusted key"
+            raise SignatureError(f"{where}: the part index's signature does not verify under {under}", member=where)
+        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in policy.keys))
+        raise SignatureError(f"{where}: part index signed by {_short_key_id(sf.hint)}, not a trusted key "
+                             f"(trusted: {trusted_ids})", member=where)
+    idx = parse_part_index(sf.payload, where)
+    name = idx.doc.bundle.name
+    rule = policy.rule_for(name)
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp() if now is None else now
+    reason = f"no rule for bundles named {name!r}" if rule is None else _key_reason(policy, tk, name, rule, now)
+    if reason:
+        raise SignatureError(f"{where}: the part index's signer {tk.key_id[:16]}... does not count: {reason}", member=where)
+    return idx, SignerReport(file=Path(path).name, key_id=tk.key_id, trusted=True, valid=True, trust_source=tk.source,
+                             name=tk.name, counted=True)
+
+
+def _header_mark(block: Union[bytes, bytearray], offset: int) -> Optional[HeaderMark]:
+    """A 512-byte block that is a tar member header (checksum right, ustar magic; not a PAX
+    header), as a landmark; None otherwise."""
+    try:
+        stored = _octal(bytes(block[148:156]), "checksum", offset)
+    except ArchiveError:
+        return None
+    if stored != sum(block[:148]) + 8 * 0x20 + sum(block[156:]) or block[156:157] in (b"x", b"g"):
+        return None
+    name, prefix = bytes(block[0:100]).split(b"\0", 1)[0], bytes(block[345:500]).split(b"\0", 1)[0]
+    return HeaderMark(offset, (prefix + b"/" + name if prefix else name).decode("utf-8", "replace"))
+
+
+class HeaderMarks:
+    """The first and the last tar member header in a part, at the part's 512-byte boundaries
+    (section 13.3). The index records them; a part whose digest is wrong is then told apart:
+    headers of another bundle's root (another bundle), headers of this bundle in other places
+    (another split), or the recorded ones (this part, damaged). Fed the part's bytes in order,
+    in pieces of whole 512-byte blocks (only the last may be shorter; its partial block is not
+    looked at), so every reader finds the same marks however it reads."""
+
+    def __init__(self) -> None:
+        self.first = None  # type: Optional[HeaderMark]
+        self.last = None  # type: Optional[HeaderMark]
+        self._pos = 0
+
+    def feed(self, data: Union[bytes, bytearray], length: int) -> None:
+        at = data.find(_USTAR_MAGIC, 257, length)
+        while at >= 0:
+            start = at - 257
+            if start % BLOCK == 0 and start + BLOCK <= length:
+                mark = _header_mark(data[start:start + BLOCK], self._pos + start)
+                if mark is not None:
+                    self.first = self.first or mark
+                    self.last = mark
+            at = data.find(_USTAR_MAGIC, at + 1, length)
+        self._pos += length
+
+
+def _judge_part(pr: PartReport, rec: PartRecord, marks: HeaderMarks, root: str) -> None:
+    """Set a read part's status: ok, or what its bytes say it is (section 13.4)."""
+    if pr.size == rec.size and pr.sha256 == rec.sha256:
+        pr.status, pr.detail = "ok", ""
+        return
+    first, last = marks.first, marks.last
+    foreign = next((m for m in (first, last) if m is not None and m.name.split("/", 1)[0] != root), None)
+    if foreign is not None:
+        pr.status = "other-bundle"
+        pr.detail = (f"holds another bundle's data (a tar header for {foreign.name} at byte {foreign.offset}), "
+                     f"not {root}'s: a part of another bundle")
+    elif pr.size != rec.size and first is not None and first != rec.first_header:
+        pr.status = "other-split"
+        pr.detail = (f"is {pr.size} bytes, not {rec.size}, and its tar headers are not where this split has them: "
+                     f"a part of another split of {root} (an older split left on the medium?)")
+    elif pr.size != rec.size:
+        pr.status = "size-mismatch"
+        pr.detail = (f"is {pr.size} bytes, the signed part index records {rec.size}: truncated or grown, "
+                     "or a part of a split with another part size")
+    elif (first is not None or last is not None) and (first, last) != (rec.first_header, rec.last_header):
+        pr.status = "other-split"
+        pr.detail = (f"holds {root}'s data, but not this split's part {rec.number}: its tar headers are elsewhere "
+                     "(a part of another split, e.g. an older split or a countersigned copy, left on the medium?)")
+    else:
+        pr.status = "damaged"
+        pr.detail = "is damaged: its SHA-256 differs from the signed part index"
+
+
+def _missing_detail(directory: Path, idx: PartIndex, number: int) -> str:
+    """"is missing", naming a part of the same number from another split of this bundle found
+    beside it (a name, not proof: its bytes are not read)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    for n in names:
+        m = _PART_NAME_RE.match(n)
+        if m and m.group(1) == idx.subject and m.group(2) != idx.doc.split_id and int(m.group(3)) == number:
+            return f"is missing ({n} beside it is part {number} of another split of {idx.root}, not of split {idx.doc.split_id})"
+    return "is missing"
+
+
+def _prescan(directory: Path, idx: PartIndex, reports: List[PartReport]) -> None:
+    """Before any byte is read: every part is there, a regular file of the recorded size."""
+    for pr in reports:
+        try:
+            st = os.stat(directory / pr.name)
+        except FileNotFoundError:
+            pr.status, pr.detail = "missing", _missing_detail(directory, idx, pr.number)
+            continue
+        except OSError as e:
+            pr.status, pr.detail = "unreadable", f"cannot be read ({e.strerror})"
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            pr.status, pr.detail = "not-a-file", f"is not a regular file ({_kind(st.st_mode)})"
+        else:
+            pr.size = st.st_size
+
+
+class _PartsSource(_Source):
+    """A part set's bytes, part after part, as one stream for the tar reader (section 13.4).
+
+    Each part is read once: one buffer feeds the tar reader, the whole bundle's SHA-256, the
+    part's own SHA-256, its header marks, and ``tee`` (`bundle join`'s output). The digests run on
+    worker threads as for a single tar; a small ring of buffers bounds memory. At the end of
+    each part its digest is compared with the index; a bad part stops the stream there, so no
+    byte after it reaches the reader. `drain` reads what is left (once), so that a failed
+    verification still judges every part. A missing part is never skipped over while streaming.
+    """
+
+    RING = 3
+
+    def __init__(self, directory: Path, idx: PartIndex, reports: List[PartReport], threaded: bool,
+                 tee: Optional[Callable[[memoryview], None]] = None) -> None:
+        self.hasher = _WindowHasher(threaded)
+        self._dir, self._idx, self._reports, self._threaded, self._tee = directory, idx, reports, threaded, tee
+        self._ring = [bytearray(CHUNK) for _ in range(self.RING)]
+        self._busy = [[] for _ in range(self.RING)]  # type: List[List[threading.Event]]
+        self._slot = 0
+        self._cur = memoryview(b"")
+        self._off = 0
+        self.pos = 0
+        self._k = -1  # the part being read
+        self._open = False  # part self._k is open and not judged yet
+        self._f = None  # type: Any
+        self._left = 0
+        self._part_hash = None  # type: Optional[_WindowHasher]
+        self._marks = HeaderMarks()
+        self._skip = False  # drain: parts already judged bad before reading are passed over
+
+    def _refill(self) -> bool:
+        while True:
+            while self._left == 0:
+                if self._open:
+                    self._end_part()
+                if self._k + 1 >= len(self._reports):
+                    return False
+                self._begin_part(self._k + 1)
+            if self._read_chunk():
+                return True
+
+    def _stop(self, pr: PartReport, status: str, detail: str) -> PartsError:
+        pr.status, pr.detail = status, detail
+        self._close_part()
+        return _parts_failure(self._idx, self._reports, only=pr)
+
+    def _begin_part(self, k: int) -> None:
+        self._k = k
+        pr = self._reports[k]
+        if pr.status != "pending":  # judged before reading (missing, not a file): never read
+            if self._skip:
+                return
+            raise _parts_failure(self._idx, self._reports, only=pr)
+        try:
+            fd = os.open(str(self._dir / pr.name), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _O_CLOEXEC
+                         | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise self._stop(pr, "missing", "is missing (it disappeared while the parts were read)") from None
+        except OSError as e:
+            raise self._stop(pr, "unreadable", f"cannot be read ({e.strerror})") from None
+        self._f = os.fdopen(fd, "rb", buffering=0)
+        self._open = True
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise self._stop(pr, "not-a-file", f"is not a regular file ({_kind(st.st_mode)})")
+        pr.size = st.st_size
+        self._left = min(st.st_size, pr.expected_size)  # never more than the index says
+        self._part_hash = _WindowHasher(self._threaded)
+        self._marks = HeaderMarks()
+
+    def _read_chunk(self) -> int:
+        pr = self._reports[self._k]
+        slot, buf = self._slot, self._ring[self._slot]
+        for done in self._busy[slot]:
+            done.wait()
+        want = min(len(buf), self._left)
+        view = memoryview(buf)[:want]
+        got = 0
+        try:
+            while got < want:
+                n = self._f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except OSError as e:
+            raise self._stop(pr, "unreadable", f"cannot be read (at byte {self.pos}: {e.strerror or e})") from None
+        if got < want:  # it shrank since it was measured
+            pr.size = os.fstat(self._f.fileno()).st_size
+            self._left = got  # what was read is judged below
+        view = view[:got]
+        whole, part = threading.Event(), threading.Event()
+        self.hasher.submit(view, whole)
+        assert self._part_hash is not None
+        self._part_hash.submit(view, part)
+        self._busy[slot] = [whole, part]
+        self._marks.feed(buf, got)
+        if self._tee is not None and got:
+            self._tee(view)
+        self._cur, self._off = view, 0
+        self._left -= got
+        self._slot = (slot + 1) % self.RING
+        return got
+
+    def _close_part(self) -> None:
+        self._open = False
+        self._left = 0
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
+        if self._part_hash is not None:
+            self._part_hash.close()
+
+    def _end_part(self) -> None:
+        pr = self._reports[self._k]
+        assert self._part_hash is not None and self._f is not None
+        size_now = os.fstat(self._f.fileno()).st_size
+        pr.sha256 = self._part_hash.hexdigest()
+        self._close_part()
+        if size_now != pr.size:
+            pr.size = size_now
+        _judge_part(pr, self._idx.doc.parts[self._k], self._marks, self._idx.root)
+        if pr.status != "ok":
+            raise _parts_failure(self._idx, self._reports, only=pr)
+
+    def drain(self) -> None:
+        """Read (and judge) every byte not read yet, never raising for a bad part: after a
+        failure, the report still says which parts are good and which are not."""
+        self._skip = True
+        self._cur, self._off = memoryview(b""), 0
+        while True:
+            try:
+                if not self._refill():
+                    return
+            except PartsError:
+                continue
+            self.pos += len(self._cur)
+            self._cur = memoryview(b"")
+
+    def close(self) -> None:
+        self._close_part()
+        self.hasher.close()
+        self._cur = memoryview(b"")
+
+
+def _parts_failure(idx: PartIndex, reports: List[PartReport], only: Optional[PartReport] = None) -> PartsError:
+    """One line naming the first bad part by number (``only``: just that one, while streaming),
+    then how many more are bad and which."""
+    count = len(reports)
+    bad = [only] if only is not None else [p for p in reports if p.status not in ("ok", "pending")]
+    first = bad[0]
+    msg = f"part {first.number} of {count} ({first.name}) {first.detail}"
+    if len(bad) > 1:
+        more = ", ".join(f"part {p.number} {p.status}" for p in bad[1:8]) + (", ..." if len(bad) > 8 else "")
+        msg += f"; also bad: {more}"
+    return PartsError(msg, member=first.name)
+
+
+def _run_parts(path: Path, st: "_State", limits: Limits, threaded: bool,
+               progress: Optional[Callable[[int, int], None]], tee: Optional[Callable[[memoryview], None]]) -> None:
+    """Verify a part set (section 13.4): the index's signature; every part present with its
+    size; then the bundle through the tar pipeline, part after part, each part's digest checked
+    at its end. A bad part outranks what the tar reader made of its bytes: the message names it."""
+    index_path = part_index_for(path)
+    assert index_path is not None
+    idx, signer = load_part_index(index_path, st.policy, st.ecdsa, _now(st))
+    doc = idx.doc
+    reports = [PartReport(r.number, r.name, r.size, r.sha256) for r in doc.parts]
+    st.report.parts = PartsReport(str(index_path), doc.split_id, doc.created, doc.part_size, idx.subject, idx.sha256,
+                                  signer, reports)
+    directory = index_path.parent
+    _prescan(directory, idx, reports)
+    src = _PartsSource(directory, idx, reports, threaded, tee)
+    failure = None  # type: Optional[VerificationError]
+    try:
+        if all(p.status == "pending" for p in reports):
+            reader = StrictTarReader(None, limits, threaded, source=src)
+            if progress is not None:
+                st.tick = lambda: progress(reader.position, doc.bundle.size)
+            try:
+                _run(reader, st.policy.keys, st)
+            except VerificationError as e:
+                failure = e
+            except OSError as e:
+                failure = ArchiveError(f"read error at byte {reader.position}: {e.strerror or e}")
+        src.drain()
+        if any(p.status != "ok" for p in reports):
+            raise _parts_failure(idx, reports)
+        if failure is not None:
+            raise failure
+        st.report.sha256 = src.hasher.hexdigest()
+    finally:
+        src.close()
+    rep = st.report
+    if rep.sha256 != idx.sha256:
+        raise PartsError(f"{index_path}: every part matches, but together they are not the bundle the index names "
+                         f"(SHA-256 {rep.sha256}, not {idx.sha256})", member=str(index_path))
+    if (rep.name, rep.version, rep.content_digest) != (doc.bundle.name, doc.bundle.version, doc.bundle.content_digest):
+        raise PartsError(f"{index_path}: the parts hold {rep.name} {rep.version}, but the index names "
+                         f"{doc.bundle.name} {doc.bundle.version}", member=str(index_path))
+
+
+def part_lines(rep: VerifyReport) -> List[str]:
+    """The part set's lines of the human report (both verifiers): how many parts match, who
+    signed the index, and one line per bad part. Every string from an index or a file name is
+    escaped."""
+    p = rep.parts
+    if p is None:
+        return []
+    ok = sum(1 for r in p.parts if r.status == "ok")
+    out = [printable(f"parts:   {ok}/{len(p.parts)} match the signed part index {p.index} (split {p.split_id} "
+                     f"of {p.created}, signed by {shown_key_id(p.signer.key_id)})")]
+    for r in p.parts:
+        if r.status not in ("ok", "pending"):
+            out.append(printable(f"part {r.number} [{r.status}]: {r.name} {r.detail}"))
+    return out
+
+
 # == command line (bundler/cli.py `bundle verify`) =============================================
 
 class _Parser(argparse.ArgumentParser):
@@ -3331,6 +3902,8 @@ def _print_report(rep: VerifyReport) -> None:
         print(f"sha256:  {rep.sha256}")
     ok_files = sum(1 for f in rep.files if f.status == "ok")
     print(f"files:   {ok_files}/{len(rep.files)} match the signed digests")
+    for line in part_lines(rep):
+        print(line)
     for e in rep.engines:
         hdr = ("onnx (cpu)" if e.backend == "onnxruntime" else "-") if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
         runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")
@@ -3380,7 +3953,8 @@ def _main(argv: Optional[List[str]]) -> int:
         description="Verify a trt-bundler bundle (tar or extracted directory) against trusted keys, "
                     "with the Python standard library only. Exit 0 only if every check holds.",
     )
-    parser.add_argument("bundle", help="a .bundle.tar file, or a directory made by `bundle extract`")
+    parser.add_argument("bundle", help="a .bundle.tar file, a directory made by `bundle extract`, or a split bundle's "
+                                       "part index (.parts.json) or any of its parts")
     parser.add_argument("--trust", action="append", default=[], metavar="PUB",
                         help="trusted public key PEM (repeatable; default: $BUNDLE_TRUST, files separated by os.pathsep); "
                              "a key inside the bundle is never trusted")
