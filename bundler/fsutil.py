@@ -7,7 +7,7 @@ import ctypes.util
 import os
 import stat
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 from .errors import OutputError
 
@@ -37,19 +37,49 @@ def make_workdir(parent: Path, prefix: str) -> Path:
 
     The pid in the name is what lets a later run tell a leftover of a killed run (SIGKILL leaves
     no chance to clean up) from the working directory of a run still going: see `remove_stale`.
+    A signal (Ctrl-C, SIGTERM: exceptions here) that lands around the mkdir removes what the
+    mkdir made before it propagates: `tempfile.mkdtemp` could be interrupted after making the
+    directory and before returning its name, and then nobody knew to remove it.
     """
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=str(parent)))
+    return _make_new(Path(parent), prefix, lambda p: os.mkdir(p, 0o700), lambda p: os.rmdir(p))
 
 
 def make_workfile(parent: Path, prefix: str) -> Tuple[int, Path]:
     """``(fd, path)`` of a new 0600 file named ``PREFIX<pid>-XXXX`` under ``parent``: a partial
-    output (a bundle being sealed) that `remove_stale` can clear after a SIGKILL."""
-    import tempfile
+    output (a bundle being sealed) that `remove_stale` can clear after a SIGKILL. Interrupted
+    around its creation, it removes the file before the signal propagates (as `make_workdir`)."""
+    fds: List[int] = []
 
-    fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=str(parent))
-    return fd, Path(name)
+    def create(p: Path) -> None:
+        fds.append(os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+    def undo(p: Path) -> None:
+        for fd in fds:
+            os.close(fd)
+        os.unlink(p)
+
+    path = _make_new(Path(parent), prefix, create, undo)
+    return fds[0], path
+
+
+def _make_new(parent: Path, prefix: str, create: Callable[[Path], None], undo: Callable[[Path], None]) -> Path:
+    import secrets
+
+    for _ in range(100):
+        path = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+        except BaseException:
+            # Whatever exists under this name now is ours: the pid and 32 random bits name it.
+            try:
+                undo(path)
+            except OSError:
+                pass
+            raise
+    raise FileExistsError(f"{parent}: no free name for {prefix}{os.getpid()}-*")
 
 
 def remove_stale(parent: Path, prefix: str) -> List[Path]:
