@@ -26,9 +26,10 @@ def create(
     out_dir: Path,
     progress: Optional[Callable[..., None]] = None,
     expires: Optional[str] = None,
+    ledger: Optional[Path] = None,
 ) -> SealResult:
     """`build` into a private temporary directory, then `seal` (with the signed ``expires``, if
-    given); only the bundle is left behind."""
+    given, and the signing ledger's entry when ``ledger`` is set); only the bundle is left behind."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, "NAME-VERSION.bundle.tar")
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
@@ -45,7 +46,7 @@ def create(
     try:
         build(request, work / "build", progress=progress,
               logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
-        result = seal([work / "build"], key, out_dir, expires=expires)
+        result = seal([work / "build"], key, out_dir, expires=expires, ledger=ledger)
     except BaseException:
         # A failed create leaves nothing new: no --out made for it (unless it now holds the
         # builder logs of a failed build, which the error names), no work directory.
