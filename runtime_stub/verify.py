@@ -3407,13 +3407,15 @@ def _ledger_entry(raw: bytes, seq: int, chk: LedgerCheck) -> Tuple[Optional[str]
     return (why, None) if why is not None else (None, e)
 
 
+_CHANGED_BEFORE = "prev is not the hash of the entry before it"
+
+
 def _ledger_rules(e: LedgerEntry, seq: int, chk: LedgerCheck) -> Optional[str]:
     if e.seq != seq:
         return f"numbered {e.seq}, expected {seq} (an entry was removed, inserted or moved)"
     expected_prev = LEDGER_GENESIS_PREV if seq == 0 else chk.hashes[-1]
     if e.prev != expected_prev:
-        return ("prev is not the hash of the entry before it (that entry or this one was changed)" if seq
-                else f"the init entry's prev must be {LEDGER_GENESIS_PREV[:8]}...")
+        return (_CHANGED_BEFORE if seq else f"the init entry's prev must be {LEDGER_GENESIS_PREV[:8]}...")
     if not _CREATED_RE.match(e.time):
         return f"time {printable(e.time)!r} is not YYYY-MM-DDTHH:MM:SSZ"
     if seq == 0:
@@ -3445,8 +3447,9 @@ def check_ledger(f: Any, where: str) -> LedgerCheck:
     strict, canonical JSON of an entry; numbered from 0 in order; ``prev`` the hash of the line
     before; line 1 the init entry; every later one a signing entry of the same ledger whose
     ``extends`` is an earlier entry. Stops at the first line that breaks a rule (`LedgerBreak`).
-    A chain cannot show that lines were cut off at the end: compare the head with one recorded
-    elsewhere (a signed audit report, `bundle ledger verify --head`)."""
+    A changed entry is named by the next entry's ``prev``; so the last entry, and lines cut off
+    at the end, show only against a head recorded elsewhere (a signed audit report, `bundle
+    ledger verify --head`)."""
     chk = LedgerCheck(where)
     line = 0
     while True:
@@ -3455,6 +3458,17 @@ def check_ledger(f: Any, where: str) -> LedgerCheck:
             break
         line += 1
         why, e = _ledger_entry(raw, line - 1, chk)
+        if why == _CHANGED_BEFORE:
+            # The line before no longer hashes to what this one recorded: that line was changed
+            # (a lone edit of this prev is possible too, but an edit of content is the attack).
+            # It is the first entry not to be trusted.
+            chk.entries.pop()
+            chk.hashes.pop()
+            chk.broken = LedgerBreak(line - 2, line - 1, f"its hash is not the prev that entry {line - 1} records: "
+                                                         f"this entry (or that prev) was changed")
+            if not chk.hashes:
+                chk.id = None
+            return chk
         if e is None:
             chk.broken = LedgerBreak(line - 1, line, why or "unreadable")
             return chk
