@@ -524,9 +524,14 @@ def audit(paths: Sequence[Path], trusted: Trust, *, ledger: Optional[Path] = Non
     queue: List[Candidate] = [Candidate("directory", d) for d in w.dirs] + _claim(w.files, kinds, w.ignored)
     w.dirs, w.files = [], []
     rows: List[AuditRow] = []
+    seen: Set[str] = set()  # a path named twice (or a directory and a file in it) is audited once
     done = 0
     while queue:
         c = queue.pop(0)
+        real = os.path.realpath(c.path)
+        if real in seen:
+            continue
+        seen.add(real)
         kind = by_kind.get(c.kind)
         try:
             if c.error is not None:
