@@ -35,6 +35,10 @@ def create(
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
     if final.exists():
         raise OutputError(f"{final}: already exists; bundles are never overwritten")
+    if ledger is not None:  # a missing or broken ledger must cost nothing, not a build (seal reads it again)
+        from .ledger import head_for_signing
+
+        head_for_signing(ledger)
     made: List[Path] = []
     try:
         made = make_dirs(out_dir)

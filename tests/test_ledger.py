@@ -138,7 +138,7 @@ def test_model_signing_accepts_a_signature_with_a_ledger_head(tmp_path, build_di
         assert (p.returncode == 0) is ok, p.stdout + p.stderr
 
 
-def test_no_ledger_no_entry_and_a_missing_ledger_is_refused(tmp_path, build_dir, keys):
+def test_no_ledger_no_entry_and_a_missing_ledger_is_refused(tmp_path, build_dir, keys, tiny_model):
     r = run_bundle("seal", build_dir, "--key", keys["release"]["key"], "--out", tmp_path / "plain")
     assert r.code == 0 and "ledger:" not in r.out
     assert "ledger" not in _statement(_sig_member(tmp_path / "plain" / "led-1.0.0.bundle.tar",
@@ -149,6 +149,11 @@ def test_no_ledger_no_entry_and_a_missing_ledger_is_refused(tmp_path, build_dir,
     r = run_bundle("seal", build_dir, "--key", keys["release"]["key"], "--out", out, "--ledger", tmp_path / "typo.jsonl")
     assert r.code == 3 and r.err.count("\n") == 1 and "bundle ledger init" in r.err
     assert list(out.iterdir()) == [] and not (tmp_path / "typo.jsonl").exists()
+    # create checks the ledger before it builds anything: a typo costs nothing
+    r = run_bundle("create", tiny_model, "--name", "led", "--version", "1.0.0", "--target", "sm_86", "--shape",
+                   "x:1x3x16x16:2x3x16x16:4x3x16x16", "--key", keys["release"]["key"], "--out", out,
+                   env={"BUNDLE_LEDGER": str(tmp_path / "typo.jsonl")})
+    assert r.code == 3 and "bundle ledger init" in r.err and "building" not in r.err and list(out.iterdir()) == []
 
 
 def _ledger_with(tmp_path: Path, build_dir: Path, keys: dict, n: int) -> Path:
