@@ -335,7 +335,7 @@ def _print_warnings(record) -> None:  # noqa: ANN001 - a BuildRecord or Manifest
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
-_SPEC_KEEPS = ("spec", "key", "out", "expires")  # the only flags that go with --spec: the rest live in the file
+_SPEC_KEEPS = ("spec", "key", "out", "expires", "ledger")  # the only flags that go with --spec: the rest live in the file
 
 
 def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, always_need: tuple) -> None:
@@ -362,7 +362,7 @@ def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, alw
         from .errors import UsageError
 
         _fail(UsageError(f"--spec cannot be combined with {', '.join(given)}: put them in the spec file "
-                         f"(only --key, --out and --expires go with --spec)"), False)
+                         f"(only --key, --out, --expires and --ledger go with --spec)"), False)
 
 
 def _header_text(h) -> str:  # noqa: ANN001 - EngineHeader
@@ -485,6 +485,16 @@ def _expiry(text: Optional[str]) -> Optional[str]:
     return None if text is None else parse_expiry(text)
 
 
+_LEDGER_HELP = ("Signing ledger to append this signing to (default: $BUNDLE_LEDGER; neither: none). Made once by "
+                "`bundle ledger init`; its head is signed into the statement (docs/ledger.md).")
+
+
+def _ledger_file(flag: Optional[Path]) -> Optional[Path]:
+    from .ledger import ledger_path
+
+    return ledger_path(flag)
+
+
 def _print_seal(res) -> None:  # noqa: ANN001
     c = _out()
     _say(c, _line("bundle:  ", res.path))
@@ -492,6 +502,8 @@ def _print_seal(res) -> None:  # noqa: ANN001
     _say(c, _line("key id:  ", res.key_id))
     if res.expires:
         _say(c, _line("expires: ", res.expires))
+    if res.ledger is not None:
+        _say(c, _line("ledger:  entry ", res.ledger.seq, res.ledger.sha256))
     c.print(_engine_table(res.manifest.engines, f"{res.manifest.name} {res.manifest.version}"))
     _print_warnings(res.manifest)
 
@@ -502,6 +514,7 @@ def seal_cmd(
     key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
     out: Path = typer.Option(Path("."), "--out", help="Directory for NAME-VERSION.bundle.tar."),
     expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=_LEDGER_HELP),
 ) -> None:
     """Seal build directories into one signed, deterministic bundle tar."""
     from .seal import seal
@@ -511,7 +524,7 @@ def seal_cmd(
         signing_key = _load_signing_key(key)
         with _Bar("sealing") as bar:
             res = seal(build_dirs, signing_key, out, progress=lambda _path, done, total: bar.update(done, total),
-                       expires=until)
+                       expires=until, ledger=_ledger_file(ledger))
         _print_seal(res)
 
     _run(False, go)
@@ -541,6 +554,7 @@ def create_cmd(
     accept_accuracy_loss: bool = _MATRIX_OPTIONS["accept_accuracy_loss"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
     expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=_LEDGER_HELP),
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
     from .api import create
@@ -555,13 +569,13 @@ def create_cmd(
             until = _expiry(expires)
             signing_key = _load_signing_key(key)
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res),
-                       expires=until)
+                       expires=until, ledger=_ledger_file(ledger))
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
         until = _expiry(expires)  # a duration counts from here: the build takes seconds to hours
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        _print_seal(create(request, signing_key, out, progress=_BuildDisplay(), expires=until))
+        _print_seal(create(request, signing_key, out, progress=_BuildDisplay(), expires=until, ledger=_ledger_file(ledger)))
 
     _run(False, go)
 
@@ -574,6 +588,7 @@ def sign_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the countersigned NAME-VERSION.bundle.tar (never overwritten)."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace BUNDLE with the countersigned bundle (atomic rename)."),
     expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
+    ledger: Optional[Path] = typer.Option(None, "--ledger", help=_LEDGER_HELP),
 ) -> None:
     """Countersign: verify BUNDLE against --trust, then add your signature over the same content.
 
@@ -588,7 +603,8 @@ def sign_cmd(
         until = _expiry(expires)
         trusted = _trust(trust)
         signing_key = _load_signing_key(key)
-        res = sign_bundle(bundle, signing_key, trusted, out_dir=out, in_place=in_place, expires=until)
+        res = sign_bundle(bundle, signing_key, trusted, out_dir=out, in_place=in_place, expires=until,
+                          ledger=_ledger_file(ledger))
         c = _out()
         _say(c, _line("bundle:  ", res.path))
         _say(c, _line("content: ", res.content_digest) + Text("  (unchanged: the digest every signature signs)"))
@@ -598,6 +614,8 @@ def sign_cmd(
             _say(c, _line("expires: ", res.expires))
         for name in res.signers:
             _say(c, _line("signature: ", name))
+        if res.ledger is not None:
+            _say(c, _line("ledger:  entry ", res.ledger.seq, res.ledger.sha256))
 
     _run(False, go)
 
@@ -1031,3 +1049,4 @@ if __name__ == "__main__":
 
 
 from . import cli_parts  # noqa: E402,F401 - registers its commands
+from . import cli_audit  # noqa: E402,F401 - registers its commands

@@ -29,12 +29,14 @@ from typing import List, Optional, Tuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import ledger as _ledger
 from .archive import BLOCK, CHUNK, RECORD, AsyncSha256, Limits, StrictTarReader, member_header
 from .errors import ArchiveError, InputError, OutputError, error_for_code
 from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
 from .signing import (
     PAYLOAD_TYPE,
     SIGNATURES_DIR,
+    LedgerHead,
     PublicKey,
     TrustedKey,
     ecdsa_fast,
@@ -57,6 +59,7 @@ class SignResult:
     signature: str  # bundle-relative path of the new signature file
     expires: Optional[str]  # the new signature's signed expiry, if any
     signers: Tuple[str, ...]  # every signature file now in the bundle, in member order
+    ledger: Optional[LedgerHead] = None  # the signing ledger entry written for this signature, if any
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def sign_bundle(
     in_place: bool = False,
     expires: Optional[str] = None,
     limits: Limits = Limits(),
+    ledger: Optional[Path] = None,
 ) -> SignResult:
     """Verify ``bundle`` against ``trusted``, then add a signature by ``key`` over the same
     statement (with ``expires`` in it, if given).
@@ -88,7 +92,9 @@ def sign_bundle(
     Exactly one of ``out_dir`` (write ``out_dir/NAME-VERSION.bundle.tar``, never overwriting)
     and ``in_place`` (replace ``bundle`` atomically). Raises the verification's own error class
     (exit 10-17) for a bundle that fails verification, `InputError` for a bundle this key has
-    signed already, `OutputError` when the result cannot be written.
+    signed already, `OutputError` when the result cannot be written. ``ledger``: a signing
+    ledger (bundler/ledger.py) whose head goes into the new statement and which gets this
+    signature's entry before the result is published.
     """
     bundle = Path(bundle)
     if (out_dir is None) == (not in_place):
@@ -123,7 +129,8 @@ def sign_bundle(
     source = next(s for s in sigs if s.rel in valid)
     where = f"{root}/{source.rel}"
     statement = parse_statement(parse_signature_file(source.data or b"", where).payload, where)
-    new_sig = sign_statement(make_statement(statement.subject, statement.resources, expires), key)
+    head = _ledger.head_for_signing(ledger) if ledger is not None else None
+    new_sig = sign_statement(make_statement(statement.subject, statement.resources, expires, ledger=head), key)
     new_member = member_header(f"{root}/{sig_rel}", len(new_sig), 0o644, _mtime(bundle, sigs[0])) + new_sig
     new_member += b"\0" * (-len(new_sig) % BLOCK)
 
@@ -159,9 +166,15 @@ def sign_bundle(
             os.fsync(fd)
         finally:
             os.close(fd)
+        if in_place and _identity(bundle) != before:
+            raise ArchiveError(f"{bundle}: changed while it was being signed; not replaced")
+        entry = None
+        if ledger is not None and head is not None:  # recorded before it appears, never after
+            entry = _ledger.record_signing(
+                ledger, event="sign", key_id=kid, name=report.name or "", version=report.version or "",
+                bundle_sha256=digest, content_digest=report.content_digest, signature=sig_rel,
+                signature_sha256=hashlib.sha256(new_sig).hexdigest(), extends=head, expires=expires)
         if in_place:
-            if _identity(bundle) != before:
-                raise ArchiveError(f"{bundle}: changed while it was being signed; not replaced")
             os.replace(tmp, bundle)  # atomic: the old bundle or the new one, never a mix
             _fsync_dir(directory)
         else:
@@ -178,7 +191,7 @@ def sign_bundle(
         raise
     names = [s.rel for s in sigs]
     names.insert(sum(1 for s in spans[:at] if not s.is_dir), sig_rel)
-    return SignResult(final, digest, report.content_digest, kid, sig_rel, expires, tuple(names))
+    return SignResult(final, digest, report.content_digest, kid, sig_rel, expires, tuple(names), entry)
 
 
 def _identity(path: Path) -> Tuple[int, int, int, int]:

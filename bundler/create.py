@@ -26,14 +26,19 @@ def create(
     out_dir: Path,
     progress: Optional[Callable[..., None]] = None,
     expires: Optional[str] = None,
+    ledger: Optional[Path] = None,
 ) -> SealResult:
     """`build` into a private temporary directory, then `seal` (with the signed ``expires``, if
-    given); only the bundle is left behind."""
+    given, and the signing ledger's entry when ``ledger`` is set); only the bundle is left behind."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, "NAME-VERSION.bundle.tar")
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
     if final.exists():
         raise OutputError(f"{final}: already exists; bundles are never overwritten")
+    if ledger is not None:  # a missing or broken ledger must cost nothing, not a build (seal reads it again)
+        from .ledger import head_for_signing
+
+        head_for_signing(ledger)
     made: List[Path] = []
     try:
         made = make_dirs(out_dir)
@@ -45,7 +50,7 @@ def create(
     try:
         build(request, work / "build", progress=progress,
               logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
-        result = seal([work / "build"], key, out_dir, expires=expires)
+        result = seal([work / "build"], key, out_dir, expires=expires, ledger=ledger)
     except BaseException:
         # A failed create leaves nothing new: no --out made for it (unless it now holds the
         # builder logs of a failed build, which the error names), no work directory.

@@ -26,6 +26,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     HostError,
     InputError,
     KeyFileError,
+    LedgerError,
     LimitsError,
     MembersError,
     PartsError,

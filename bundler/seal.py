@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
+from . import ledger as _ledger
 from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_name
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
@@ -37,7 +38,7 @@ from .manifest import (
     to_json,
 )
 from .model import sha256_file
-from .signing import SIGNATURES_DIR, key_id, make_statement, sign_statement
+from .signing import SIGNATURES_DIR, LedgerHead, key_id, make_statement, sign_statement, subject_digest
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class SealResult:
     key_id: str
     manifest: Manifest
     expires: Optional[str] = None  # the signature's signed expiry (predicate.expires), if any
+    ledger: Optional[LedgerHead] = None  # the signing ledger entry written for this seal, if any
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,14 @@ def seal(
     out_dir: Path,
     progress: Optional[Callable[[str, int, int], None]] = None,
     expires: Optional[str] = None,
+    ledger: Optional[Path] = None,
 ) -> SealResult:
     """Pack build directories into ``out_dir/NAME-VERSION.bundle.tar``, signed with ``key``.
 
     ``expires`` (``YYYY-MM-DDTHH:MM:SSZ``, see `signing.parse_expiry`) goes into the signed
     statement; verifiers refuse the bundle after that time unless told ``--allow-expired``.
+    ``ledger``: a signing ledger (bundler/ledger.py) whose head goes into the statement and
+    which gets this seal's entry before the bundle is published.
     """
     check_out_dir(Path(out_dir), "NAME-VERSION.bundle.tar")
     records, engines = _collect(build_dirs)
@@ -252,7 +257,8 @@ def seal(
     sums = "".join(f"{e.sha256}  {e.path}\n" for e in all_entries).encode("utf-8")
     resources_ = {e.path: e.sha256 for e in all_entries}
     resources_[SHA256SUMS] = hashlib.sha256(sums).hexdigest()
-    signature = sign_statement(make_statement(root, resources_, expires), key)
+    head = _ledger.head_for_signing(ledger) if ledger is not None else None
+    signature = sign_statement(make_statement(root, resources_, expires, ledger=head), key)
     kid = key_id(key.public_key())
 
     for e in [*all_entries, FileEntry(SHA256SUMS, 0, "")]:
@@ -295,6 +301,12 @@ def seal(
             digest = tw.hexdigest()
         finally:
             os.close(fd)
+        entry = None
+        if ledger is not None and head is not None:  # recorded before it appears, never after
+            entry = _ledger.record_signing(
+                ledger, event="seal", key_id=kid, name=record.name, version=record.version, bundle_sha256=digest,
+                content_digest=subject_digest(resources_), signature=f"{SIGNATURES_DIR}/{kid}.sig",
+                signature_sha256=hashlib.sha256(signature).hexdigest(), extends=head, expires=expires)
         _publish(tmp, final)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -304,7 +316,7 @@ def seal(
         tmp.unlink(missing_ok=True)
         remove_made_dirs(made)  # a failed seal leaves no --out it made either
         raise
-    return SealResult(final, digest, kid, manifest, expires)
+    return SealResult(final, digest, kid, manifest, expires, entry)
 
 
 class _Ticker:

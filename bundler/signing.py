@@ -37,6 +37,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     PublicKey,
     SignatureFile,
     Statement,
+    LedgerHead,
     TrustedKey,
     load_public_key,
     load_trust,
@@ -179,11 +180,14 @@ def load_private_key(path: Path, passphrase: Optional[bytes]) -> ec.EllipticCurv
 
 # -- statement --------------------------------------------------------------------------------
 
-def make_statement(subject: str, resources: "dict[str, str]", expires: Optional[str] = None) -> bytes:
+def make_statement(subject: str, resources: "dict[str, str]", expires: Optional[str] = None,
+                   ledger: Optional[LedgerHead] = None) -> bytes:
     """The in-toto statement a signature signs. ``expires`` (``YYYY-MM-DDTHH:MM:SSZ``) goes in
     as ``predicate.expires``: inside the signed payload, so it cannot be stripped or moved
     without breaking the signature, and in the predicate, whose unknown fields model-signing
-    v1.0 verifiers ignore (so each signature file stays model-signing compatible)."""
+    v1.0 verifiers ignore (so each signature file stays model-signing compatible). ``ledger``
+    (the signing ledger's head this signing extends, docs/ledger.md) goes in as
+    ``predicate.ledger`` for the same reasons; neither changes the subject digest."""
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": subject, "digest": {"sha256": subject_digest(resources)}}],
@@ -203,6 +207,8 @@ def make_statement(subject: str, resources: "dict[str, str]", expires: Optional[
     if expires is not None:
         expires_epoch(expires)  # never write what the verifier would refuse
         statement["predicate"]["expires"] = expires
+    if ledger is not None:
+        statement["predicate"]["ledger"] = {"id": ledger.id, "seq": ledger.seq, "sha256": ledger.sha256}
     return json.dumps(statement, indent=2).encode("utf-8")
 
 

@@ -368,8 +368,10 @@ def create_all(
     progress: Optional[Callable[..., None]] = None,
     on_bundle: Optional[Callable[[SpecEntry, Any], None]] = None,
     expires: Optional[str] = None,
+    ledger: Optional[Path] = None,
 ) -> List[Any]:
-    """`api.create` for each entry in order; stop at the first failure.
+    """`api.create` for each entry in order (each seal recorded in ``ledger``, if set); stop at
+    the first failure.
 
     Every bundle file is checked to be absent before anything is built. On a failure the
     error is re-raised with its own class (exit code), its message naming the model and the
@@ -389,7 +391,7 @@ def create_all(
     made: List[Any] = []
     for entry in entries:
         try:
-            res = create(entry.request, key, out_dir, progress=progress, expires=expires)
+            res = create(entry.request, key, out_dir, progress=progress, expires=expires, ledger=ledger)
         except BundleError as e:
             raise _failed(e, entry, "bundles", [r.path for r in made]) from None
         made.append(res)

@@ -157,6 +157,8 @@ class ExitCode(enum.IntEnum):
     ROLLBACK = 18  # the host state refuses an authentic bundle: older, equivocating or stale
     PARTS = 19  # a split bundle: a part bad, missing, from another bundle or another split; the part index
     MEDIA = 23  # `bundle copy`: the destination cannot hold the file (FAT32's 4 GiB - 1, free space)
+    AUDIT = 24  # `bundle audit`: a bundle under the audited paths is not verified (or not ledgered)
+    LEDGER = 25  # the signing ledger's hash chain is broken (docs/ledger.md)
 
 
 class BundleError(Exception):
@@ -832,6 +834,7 @@ class Statement:
     resources: Dict[str, str]
     ignore_paths: Tuple[str, ...]
     expires: Optional[str] = None  # predicate.expires: this signature's end of validity (UTC)
+    ledger: "Optional[LedgerHead]" = None  # predicate.ledger: the signing ledger's head this signing extended
 
 
 def pae(payload_type: str, body: bytes) -> bytes:
@@ -923,13 +926,14 @@ def parse_statement(payload: bytes, where: str) -> Statement:
         expires = pred.get("expires")
         if "expires" in pred:
             expires_epoch(expires)  # one strict form, or the statement is refused
+        ledger = parse_ledger_head(pred["ledger"]) if "ledger" in pred else None
     except RecursionError:
         raise SignatureError(f"{where}: signed statement is malformed (nested too deeply)", member=where) from None
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
         raise SignatureError(f"{where}: signed statement is malformed ({e})", member=where) from None
     if subject_digest(resources) != root:
         raise SignatureError(f"{where}: signed statement's subject digest does not match its resources", member=where)
-    return Statement(subject, resources, ignore, expires)
+    return Statement(subject, resources, ignore, expires, ledger)
 
 
 _EXPIRES_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
@@ -1834,6 +1838,8 @@ class SignerReport:
     counted: bool = False  # counted towards the policy rule's threshold
     reason: str = ""  # why not counted
     expires: Optional[str] = None  # the signed statement's predicate.expires, for a valid signature
+    sha256: Optional[str] = None  # of the signature file's bytes: names this very signature (the signing ledger does)
+    ledger: "Optional[LedgerHead]" = None  # the statement's predicate.ledger, for a valid signature
 
 
 @dataclass
@@ -1918,9 +1924,14 @@ class VerifyReport:
     content_digest: Optional[str] = None  # the accepted statement's subject digest (subject_digest)
     host_state: "Optional[StateReport]" = None  # what the host state said (--state), else None
     parts: "Optional[PartsReport]" = None  # a split bundle: the part index and every part's check
+    # The schema-checked manifest whose digest matched the signed one (None before that), for
+    # callers that need more than the report (`bundle audit`: precisions, build hosts) without
+    # reading the bundle a second time. Not part of the JSON report.
+    manifest: Optional[Manifest] = None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, manifest=None))
+        d.pop("manifest")
         if d["error"] is not None:
             d["error"]["class"] = d["error"].pop("failure_class")
         return d
@@ -2226,7 +2237,7 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
     for full, rel, raw in sig_files:
         sf = parse_signature_file(raw, full)
         candidates = _candidate_keys(sf, policy)
-        sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None)
+        sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None, sha256=hashlib.sha256(raw).hexdigest())
         report.signers.append(sr)
         for tk in candidates:
             if verify_signature(sf, tk.key, ecdsa):
@@ -2341,7 +2352,8 @@ def _record_expiry(st: _State, sig_files: List[Tuple[str, str, bytes]]) -> None:
     for s in report.signers:
         if s.valid:
             full, raw = files[s.file]
-            s.expires = parse_statement(parse_signature_file(raw, full).payload, full).expires
+            statement = parse_statement(parse_signature_file(raw, full).payload, full)
+            s.expires, s.ledger = statement.expires, statement.ledger
 
 
 def _check_expiry(signers: List[SignerReport], now: float, allow_expired: bool) -> bool:
@@ -2374,7 +2386,7 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
         raise BindingError(f"{where}/{MANIFEST}: {e}", member=f"{where}/{MANIFEST}") from None
     st.manifest = m
     r = st.report
-    r.name, r.version, r.created = m.name, m.version, m.created
+    r.name, r.version, r.created, r.manifest = m.name, m.version, m.created, m
     wm = f"{where}/{MANIFEST}"
     if m.format != FORMAT_VERSION:
         raise BindingError(f"{wm}: format {m.format!r}; this verifier knows {FORMAT_VERSION}", member=wm)
@@ -3313,7 +3325,8 @@ def apply_host_state(report: VerifyReport, options: StateOptions, publish: Optio
         report.host_state.recorded = True
 
 
-# == split bundles: part sets (bundle split/join/copy; docs/bundle-format.md section 13) ========
+# == split bundles: part sets (bundle split/join/copy; docs/bundle-format.md section 13) =
+
 #
 # A bundle too large for its medium is cut by `bundle split` into numbered parts: plain byte
 # ranges of the tar, so `cat` of the parts in order is the bundle, byte for byte. A part index,
@@ -3840,6 +3853,312 @@ def part_lines(rep: VerifyReport) -> List[str]:
     return out
 
 
+# == signing ledger and signed audit reports (docs/ledger.md, docs/auditors.md) ================
+
+# A signing ledger is a local, append-only JSON Lines file on the machine(s) that seal and sign
+# releases: one line per signing (`bundle seal`, `create`, `sign`), each naming the SHA-256 of
+# the line before it, so that changing, removing or inserting a line breaks every later link.
+# Each signature's statement records the head it extended (`predicate.ledger`, parsed below),
+# so an auditor can tell a signature made in the official process (it has an entry, and its
+# recorded head is in the chain) from one made elsewhere with the same key. The rules live here,
+# beside the other verification rules, so that the writer (bundler/ledger.py), `bundle ledger
+# verify` and `bundle audit` share them, and a closed host can check a ledger with Python alone.
+
+LEDGER_FORMAT = "trt-bundler-ledger/1"
+MAX_LEDGER_LINE = 64 << 10  # one entry is ~1 KiB; a longer line is not an entry
+LEDGER_GENESIS_PREV = "0" * 64  # the init entry's `prev`: it has no predecessor
+LEDGER_EVENTS = ("seal", "sign")
+_LEDGER_ID_RE = re.compile(r"[0-9a-f]{32}\Z")
+
+
+class LedgerError(BundleError):
+    """The ledger's chain is broken (or has no entry with a head it must contain)."""
+
+    code = ExitCode.LEDGER
+
+
+@dataclass
+class LedgerHead:
+    """A position in one ledger: its id, an entry's number and that entry's line hash."""
+
+    id: str  # the ledger's id: 32 lowercase hex, chosen at random by its init entry
+    seq: int  # the entry's number (0: the init entry)
+    sha256: str  # SHA-256 of that entry's line, without its newline
+
+
+@dataclass
+class LedgerEntry:
+    """One line of a ledger. Line 1 is ``event: "init"`` (with ``format``); every later line
+    is a signing (``seal`` or ``sign``) with the signing fields. Unknown members are ignored
+    (a later revision may add some); the line's hash covers them all the same."""
+
+    seq: int
+    prev: str  # SHA-256 of the previous line (LEDGER_GENESIS_PREV for the init entry)
+    time: str  # UTC, YYYY-MM-DDTHH:MM:SSZ, the writer's clock
+    event: str  # "init", "seal" or "sign"
+    ledger: str  # the ledger's id
+    format: Optional[str] = None  # the init entry: LEDGER_FORMAT
+    key_id: Optional[str] = None
+    name: Optional[str] = None
+    version: Optional[str] = None
+    bundle_sha256: Optional[str] = None  # the whole tar written by this signing
+    content_digest: Optional[str] = None  # the signed subject digest (unchanged by countersigning)
+    signature: Optional[str] = None  # bundle-relative path of the signature file made
+    signature_sha256: Optional[str] = None  # SHA-256 of that signature file: names this very signature
+    extends: Optional[LedgerHead] = None  # the head recorded in the signed statement
+    expires: Optional[str] = None
+    host: str = ""
+    user: str = ""
+    tool: str = ""
+
+
+@dataclass
+class LedgerBreak:
+    seq: int  # the number the broken entry has (or should have): its line number - 1
+    line: int
+    reason: str
+
+
+@dataclass
+class LedgerCheck:
+    """What `check_ledger` found: every entry before the first broken one, their line hashes,
+    the head (the last good entry) and the first break, if any."""
+
+    path: str
+    ok: bool = False
+    id: Optional[str] = None
+    entries: List[LedgerEntry] = field(default_factory=list)
+    hashes: List[str] = field(default_factory=list)
+    broken: Optional[LedgerBreak] = None
+
+    @property
+    def head(self) -> Optional[LedgerHead]:
+        if self.id is None or not self.hashes:
+            return None
+        return LedgerHead(self.id, len(self.hashes) - 1, self.hashes[-1])
+
+    def error(self) -> LedgerError:
+        assert self.broken is not None
+        b = self.broken
+        return LedgerError(f"{self.path}: line {b.line} (entry {b.seq}): {b.reason}; the chain is broken from this "
+                           "entry on (repair or restore the ledger; docs/ledger.md)")
+
+
+def parse_ledger_head(value: Any) -> LedgerHead:
+    """A statement's ``predicate.ledger`` or an entry's ``extends``: an object with ``id`` (32
+    lowercase hex), ``seq`` (an integer >= 0) and ``sha256`` (64 lowercase hex). Other members
+    are ignored. Raises ValueError (a malformed statement)."""
+    head = _convert(LedgerHead, value, "ledger")
+    if not _LEDGER_ID_RE.match(head.id) or head.seq < 0 or not _HEX64.fullmatch(head.sha256):
+        raise ValueError("ledger head is not {id: 32 hex, seq: integer >= 0, sha256: 64 hex}")
+    return head
+
+
+def ledger_line(entry: Dict[str, Any]) -> bytes:
+    """An entry's one canonical spelling: sorted keys, no spaces, ASCII, one LF. Its hash
+    (`ledger_hash`) is over these bytes without the LF."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
+
+
+def ledger_hash(line: bytes) -> str:
+    return hashlib.sha256(line[:-1] if line.endswith(b"\n") else line).hexdigest()
+
+
+def _ledger_entry(raw: bytes, seq: int, chk: LedgerCheck) -> Tuple[Optional[str], Optional[LedgerEntry]]:
+    """``(None, entry)`` when line ``seq + 1`` continues the chain in ``chk``, else
+    ``(why not, None)``."""
+    if len(raw) > MAX_LEDGER_LINE:
+        return f"longer than {MAX_LEDGER_LINE} bytes; not a ledger entry", None
+    if not raw.endswith(b"\n"):
+        return "incomplete (no newline at its end): a write was cut off", None
+    try:
+        obj = loads_strict(raw[:-1])
+    except StrictJSONError as e:
+        return f"not strict JSON ({e})", None
+    if not isinstance(obj, dict):
+        return "not a JSON object", None
+    try:
+        canonical = ledger_line(obj) == raw
+    except (ValueError, TypeError):  # pragma: no cover - loads_strict returns JSON types only
+        canonical = False
+    if not canonical:
+        return "not in the canonical form (sorted keys, no spaces, ASCII): edited by hand?", None
+    try:
+        e = _ledger_entry_from(obj)
+    except SchemaError as err:
+        return str(err), None
+    why = _ledger_rules(e, seq, chk)
+    return (why, None) if why is not None else (None, e)
+
+
+_CHANGED_BEFORE = "prev is not the hash of the entry before it"
+_ENTRY_REQUIRED = (("seq", int), ("prev", str), ("time", str), ("event", str), ("ledger", str))
+_ENTRY_OPTIONAL = ("format", "key_id", "name", "version", "bundle_sha256", "content_digest", "signature",
+                   "signature_sha256", "expires")
+
+
+def _ledger_entry_from(obj: Dict[str, Any]) -> LedgerEntry:
+    """`_convert(LedgerEntry, obj)` by hand: the same types and messages, ~50x faster (a ledger
+    is read whole before every signing, and `_convert` resolves type hints on every call)."""
+    kwargs = {}  # type: Dict[str, Any]
+    for name, tp in _ENTRY_REQUIRED:
+        if name not in obj:
+            raise SchemaError(f"entry: missing field {name!r}")
+        v = obj[name]
+        if not isinstance(v, tp) or isinstance(v, bool):
+            raise SchemaError(f"entry.{name}: expected {'an integer' if tp is int else 'a string'}")
+        kwargs[name] = v
+    for name in _ENTRY_OPTIONAL:
+        v = obj.get(name)
+        if v is not None and not isinstance(v, str):
+            raise SchemaError(f"entry.{name}: expected a string")
+        kwargs[name] = v
+    for name in ("host", "user", "tool"):
+        v = obj.get(name, "")
+        if not isinstance(v, str):
+            raise SchemaError(f"entry.{name}: expected a string")
+        kwargs[name] = v
+    x = obj.get("extends")
+    if x is not None:
+        if not isinstance(x, dict) or not all(k in x for k in ("id", "seq", "sha256")):
+            raise SchemaError("entry.extends: expected an object with id, seq and sha256")
+        if not isinstance(x["id"], str) or not isinstance(x["sha256"], str) or not isinstance(x["seq"], int) \
+                or isinstance(x["seq"], bool):
+            raise SchemaError("entry.extends: id and sha256 are strings, seq an integer")
+        kwargs["extends"] = LedgerHead(x["id"], x["seq"], x["sha256"])
+    return LedgerEntry(**kwargs)
+
+
+def _ledger_rules(e: LedgerEntry, seq: int, chk: LedgerCheck) -> Optional[str]:
+    if e.seq != seq:
+        return f"numbered {e.seq}, expected {seq} (an entry was removed, inserted or moved)"
+    expected_prev = LEDGER_GENESIS_PREV if seq == 0 else chk.hashes[-1]
+    if e.prev != expected_prev:
+        return (_CHANGED_BEFORE if seq else f"the init entry's prev must be {LEDGER_GENESIS_PREV[:8]}...")
+    if not _CREATED_RE.match(e.time):
+        return f"time {printable(e.time)!r} is not YYYY-MM-DDTHH:MM:SSZ"
+    if seq == 0:
+        if e.event != "init" or e.format != LEDGER_FORMAT:
+            return f"the first entry must be the init entry of a {LEDGER_FORMAT} ledger"
+        if not _LEDGER_ID_RE.match(e.ledger):
+            return "the ledger id must be 32 lowercase hex digits"
+        return None
+    if e.ledger != chk.id:
+        return "names another ledger id than the init entry"
+    if e.event not in LEDGER_EVENTS:
+        return f"event {printable(e.event)!r}; a signing entry is {' or '.join(LEDGER_EVENTS)}"
+    for label, value in (("key_id", e.key_id), ("bundle_sha256", e.bundle_sha256),
+                         ("content_digest", e.content_digest), ("signature_sha256", e.signature_sha256)):
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            return f"{label} is not 64 lowercase hex digits"
+    if not (isinstance(e.name, str) and isinstance(e.version, str) and isinstance(e.signature, str)):
+        return "a signing entry needs name, version and signature"
+    x = e.extends
+    if x is None:
+        return "a signing entry needs extends (the head its statement records)"
+    if x.id != chk.id or not 0 <= x.seq < seq or x.sha256 != chk.hashes[x.seq]:
+        return "extends names no earlier entry of this ledger"
+    return None
+
+
+def check_ledger(f: Any, where: str) -> LedgerCheck:
+    """Read a ledger from the binary file ``f`` and check its chain, line by line: each line
+    strict, canonical JSON of an entry; numbered from 0 in order; ``prev`` the hash of the line
+    before; line 1 the init entry; every later one a signing entry of the same ledger whose
+    ``extends`` is an earlier entry. Stops at the first line that breaks a rule (`LedgerBreak`).
+    A changed entry is named by the next entry's ``prev``; so the last entry, and lines cut off
+    at the end, show only against a head recorded elsewhere (a signed audit report, `bundle
+    ledger verify --head`)."""
+    chk = LedgerCheck(where)
+    line = 0
+    while True:
+        raw = f.readline(MAX_LEDGER_LINE + 1)
+        if not raw:
+            break
+        line += 1
+        why, e = _ledger_entry(raw, line - 1, chk)
+        if why == _CHANGED_BEFORE:
+            # The line before no longer hashes to what this one recorded: that line was changed
+            # (a lone edit of this prev is possible too, but an edit of content is the attack).
+            # It is the first entry not to be trusted.
+            chk.entries.pop()
+            chk.hashes.pop()
+            chk.broken = LedgerBreak(line - 2, line - 1, f"its hash is not the prev that entry {line - 1} records: "
+                                                         f"this entry (or that prev) was changed")
+            if not chk.hashes:
+                chk.id = None
+            return chk
+        if e is None:
+            chk.broken = LedgerBreak(line - 1, line, why or "unreadable")
+            return chk
+        if line == 1:
+            chk.id = e.ledger
+        chk.entries.append(e)
+        chk.hashes.append(ledger_hash(raw))
+    if line == 0:
+        chk.broken = LedgerBreak(0, 1, "empty: not even the init entry (truncated?)")
+        return chk
+    chk.ok = True
+    return chk
+
+
+AUDIT_PREDICATE_TYPE = "https://trt-bundler/audit-report/v1"
+
+
+@dataclass
+class SignedFileReport:
+    """A file whose detached signature (`FILE.sig`) verified: who signed it, and what."""
+
+    file: str
+    signature: str
+    key_id: str
+    name: str  # the trusted key's name (a policy's), or ""
+    subject: str  # the file name the signer gave it (informative: renaming the file is harmless)
+    sha256: str
+    predicate: Dict[str, Any] = field(default_factory=dict)
+
+
+def verify_signed_file(data_sha256: str, sig_raw: bytes, where: str, sig_where: str,
+                       trusted: Dict[str, TrustedKey], predicate_type: str = AUDIT_PREDICATE_TYPE,
+                       ecdsa: "Optional[Ecdsa]" = None) -> SignedFileReport:
+    """Check a detached signature over one file (a signed audit report): the signature file
+    is a bundle signature's envelope (sigstore bundle v0.3, DSSE, in-toto statement v1, ECDSA
+    P-256), its key one of ``trusted``, and its statement has ``predicate_type`` (so a bundle
+    signature can never pass for a report's, nor the reverse) and one subject whose SHA-256 is
+    ``data_sha256``. SignatureError (11) or DigestError (12) otherwise."""
+    sf = parse_signature_file(sig_raw, sig_where)
+    candidates = [trusted[sf.hint]] if sf.hint in trusted else ([] if sf.hint else list(trusted.values()))
+    signer = next((tk for tk in candidates if verify_signature(sf, tk.key, ecdsa)), None)
+    if signer is None:
+        if candidates:
+            raise SignatureError(f"{sig_where}: signature does not verify under "
+                                 f"{'trusted key ' + candidates[0].key_id[:16] + '...' if sf.hint else 'any trusted key'}",
+                                 member=sig_where)
+        trusted_ids = ", ".join(sorted(k[:16] + "..." for k in trusted))
+        raise SignatureError(f"{sig_where}: not signed by a trusted key (signed by {_short_key_id(sf.hint)}; "
+                             f"trusted: {trusted_ids})", member=sig_where)
+    try:
+        st = loads_strict(sf.payload)
+        if st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != predicate_type:
+            raise ValueError(f"statement type {st.get('_type')!r} / {st.get('predicateType')!r}, "
+                             f"not {predicate_type}")
+        subjects = st["subject"]
+        if not isinstance(subjects, list) or len(subjects) != 1:
+            raise ValueError("expected one subject")
+        name, digest = subjects[0]["name"], subjects[0]["digest"]["sha256"]
+        predicate = st.get("predicate", {})
+        if not isinstance(name, str) or not isinstance(digest, str) or not _HEX64.fullmatch(digest) \
+                or not isinstance(predicate, dict):
+            raise ValueError("bad subject or predicate")
+    except RecursionError:  # pragma: no cover - loads_strict bounds nesting
+        raise SignatureError(f"{sig_where}: signed statement is malformed (nested too deeply)", member=sig_where) from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise SignatureError(f"{sig_where}: signed statement is malformed ({e})", member=sig_where) from None
+    if digest != data_sha256:
+        raise DigestError(f"{where}: SHA-256 differs from the digest signed in {sig_where}", member=where)
+    return SignedFileReport(where, sig_where, signer.key_id, signer.name, name, digest, predicate)
+
+
 # == command line (bundler/cli.py `bundle verify`) =============================================
 
 class _Parser(argparse.ArgumentParser):
@@ -3881,6 +4200,8 @@ def signer_lines(rep: VerifyReport) -> List[str]:
             state = f"not checked: {s.reason or 'untrusted key'}"
         name = f" ({s.name})" if s.name else ""
         expires = f"  expires {s.expires}" if s.expires else ""
+        if s.ledger is not None:
+            expires += f"  extends ledger entry {s.ledger.seq}"
         out.append(printable(f"signer:  {shown_key_id(s.key_id)}{name}  [{state}]{expires}"))
     if rep.policy is not None:
         p = rep.policy

@@ -72,6 +72,8 @@ SHARED_ONLY = {
     "ascii_fold", "printable", "ExitCode", "BundleError", "VerifyReport", "Manifest", "EngineRecord",
     "version_key", "compare_versions", "check_rollback", "check_freshness", "apply_host_state", "load_state",
     "state_options", "parse_duration", "parse_created", "HostState", "StateEntry",
+    "check_ledger", "parse_ledger_head", "ledger_line", "ledger_hash", "LedgerEntry", "LedgerHead",
+    "verify_signed_file",
 }
 
 

@@ -918,7 +918,8 @@ def test_model_signing_signature_accepted(ext_copy, tmp_path, keys):
     rep = r.json()
     assert rep["signers"] == [{"file": "signatures/x.sig", "key_id": keys["other"]["id"], "trusted": True,
                                "valid": True, "trust_source": str(keys["other"]["pub"]), "name": "", "counted": True,
-                               "reason": "", "expires": None}]
+                               "reason": "", "expires": None, "sha256": hashlib.sha256(sig.read_bytes()).hexdigest(),
+                               "ledger": None}]
     assert stdlib_verify(ext_copy, keys["release"]["pub"]).code == 11
     # the re-tarred bundle: both verifiers accept it, identically
     out = _repack(ext_copy, ROOT, tmp_path / "resigned.bundle.tar")
