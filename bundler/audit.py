@@ -27,9 +27,9 @@ audit: every exception but an interrupt becomes an `error` row.
 
 Kinds. What the audit recognises is a list of `Kind`s (`DEFAULT_KINDS`): each claims its
 candidates from the files found, in order, and verifies them to a `VerifyReport`. Part sets
-(a split bundle: a signed part index and numbered parts) plug in as one more kind, placed
-*first* so that it claims the parts before `claim_tars` would take the first part (which begins
-with a tar header) for a bundle. See `DEFAULT_KINDS` for exactly what to add.
+(a split bundle: a signed part index and numbered parts) come *first*, so that they claim their
+parts before `claim_tars` would take the first part (which begins with a tar header) for a
+bundle.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from runtime_stub.verify import (
     TrustedKey,
     TrustPolicy,
     expires_epoch,
+    part_index_for,
     printable,
     read_bounded,
     shown_key_id,
@@ -151,14 +152,33 @@ def verify_path(c: Candidate, opts: AuditOptions) -> VerifyReport:
     return verify_bundle(c.path, opts.trusted, limits=opts.limits, now=opts.now)
 
 
-# PART SETS PLUG IN HERE (issue 12, built on another branch). Add, *before* the tar kind,
-#     Kind("part-set", claim_part_sets, verify_part_set)
-# where `claim_part_sets(files)` returns one Candidate("part-set", INDEX, parts=[PART, ...]) per
-# part index it recognises among ``files`` (so the numbered parts are never offered to
-# `claim_tars`), and `verify_part_set(candidate, opts)` returns the `VerifyReport` of the bundle
-# streamed through the verified part set (runtime_stub/verify.py), as `verify_path` does for a tar,
-# so that statuses, ledger matching and the three renderings work unchanged.
-DEFAULT_KINDS: Tuple[Kind, ...] = (Kind("bundle", claim_tars, verify_path),)
+def claim_part_sets(files: List[FoundFile]) -> List[Candidate]:
+    """Split bundles (bundle-format.md section 13): one candidate per part index, standing for
+    the index and every file beside it named like a part of that split (``SUBJECT.ID.part-K-of-N``),
+    so that part 1, which begins with a tar header, is never audited as a bundle tar. Parts whose
+    index is not there are one candidate too: their verification says the index is missing (19)."""
+    groups: Dict[Path, List[FoundFile]] = {}
+    for f in files:
+        index = part_index_for(f.path)
+        if index is not None:
+            groups.setdefault(index, []).append(f)
+    out = []
+    for index, found in sorted(groups.items()):
+        parts = sorted(f.path for f in found if f.path != index)
+        error = next((f.error for f in found if f.error), None)
+        out.append(Candidate("part-set", index, parts=parts, error=error))
+    return out
+
+
+def verify_part_set(c: Candidate, opts: AuditOptions) -> VerifyReport:
+    """The bundle streamed through its verified part set, by the one verifier: through the
+    index, or through a part when the index is missing (which the verifier then reports)."""
+    target = c.path if c.path.exists() or not c.parts else c.parts[0]
+    return verify_bundle(target, opts.trusted, limits=opts.limits, now=opts.now)
+
+
+# Part sets come first: they claim their parts before `claim_tars` would take part 1 as a tar.
+DEFAULT_KINDS: Tuple[Kind, ...] = (Kind("part-set", claim_part_sets, verify_part_set), Kind("bundle", claim_tars, verify_path))
 _DIRECTORY = Kind("directory", lambda files: [], verify_path)  # found by the walk, not claimed from files
 
 

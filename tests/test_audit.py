@@ -81,6 +81,21 @@ def scene(tmp_path_factory, tiny_model, tiny_bundle, keys) -> dict:  # noqa: ANN
     os.mkfifo(store / "pipe")
     os.symlink(store / "good.bundle.tar", store / "link.bundle.tar")
     shutil.copyfile(good, store / ".good.bundle.tar.partial-999999-abc")
+    # Split bundles: the good one in three parts (verified through its part set, ledgered as the
+    # bundle it carries), and a copy of that set with a damaged part 2 (tampered, by number).
+    size = good.stat().st_size
+    part = ((size + 2) // 3 + 511) // 512 * 512
+    r = run_bundle("split", good, "--key", keys["release"]["key"], "--trust", keys["release"]["pub"],
+                   "--out", store / "split-good", "--max-part-size", part)
+    assert r.code == 0, r.err
+    shutil.copytree(store / "split-good", store / "split-bad")
+    index = next((store / "split-good").glob("*.parts.json")).name
+    parts = sorted(p.name for p in (store / "split-good").glob("*.part-*"))
+    assert len(parts) == 3
+    damaged = store / "split-bad" / parts[1]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
     time.sleep(max(0.0, 2.5 - (time.time() - expired.stat().st_mtime)))  # its signed expiry has passed
     expected = {
         "store/good.bundle.tar": "verified",
@@ -95,8 +110,11 @@ def scene(tmp_path_factory, tiny_model, tiny_bundle, keys) -> dict:  # noqa: ANN
         "store/expired.bundle.tar": "expired",
         f"store/{HOSTILE}": "tampered",
         f"{led.name}#4": "missing",
+        f"store/split-good/{index}": "verified",
+        f"store/split-bad/{index}": "tampered",
     }
-    return {"root": root, "store": store, "ledger": led, "good": good, "expected": expected, "gone_sha256": gone_sig}
+    return {"root": root, "store": store, "ledger": led, "good": good, "expected": expected, "gone_sha256": gone_sig,
+            "index": index, "parts": parts}
 
 
 def _audit(scene: dict, *args: object, env: dict = None):  # noqa: ANN202, RUF013
@@ -161,7 +179,7 @@ def test_a_mixed_store_in_three_forms(scene, keys):
     got = {b["path"]: b["status"] for b in doc["bundles"]}
     assert got == expected
     counts = doc["summary"]
-    assert counts["verified"] == 5 and counts["tampered"] == 3 and counts["missing"] == 1
+    assert counts["verified"] == 6 and counts["tampered"] == 4 and counts["missing"] == 1
     assert counts["unknown-signer"] == counts["unledgered"] == counts["expired"] == 1 and counts["error"] == 0
     assert doc["ledger"]["ok"] and doc["ledger"]["entries"] == 5 and doc["ledger"]["head"]["seq"] == 5
 
@@ -189,6 +207,11 @@ def test_a_mixed_store_in_three_forms(scene, keys):
     assert "not in the ledger" in rows["store/unledgered.bundle.tar"]["reason"]
     assert "expired" in rows["store/expired.bundle.tar"]["reason"]
     assert "extra file" in rows["store/broken-dir"]["reason"]
+    split = rows[f"store/split-good/{scene['index']}"]
+    assert split["kind"] == "part-set" and split["parts"] == [f"store/split-good/{p}" for p in scene["parts"]]
+    assert split["sha256"] == g["sha256"] and split["signers"][0]["ledgered"] is True
+    bad = rows[f"store/split-bad/{scene['index']}"]
+    assert bad["class"] == "parts" and bad["reason"].startswith("part 2 of 3 (") and "is damaged" in bad["reason"]
     missing = rows[f"{scene['ledger'].name}#4"]
     assert missing["signers"][0]["sha256"] and missing["name"] == "aud" and missing["sha256"] == scene["gone_sha256"]
     ignored = {i["path"]: i["why"] for i in doc["ignored"]}
@@ -376,52 +399,36 @@ def test_a_signal_leaves_no_report(tmp_path, scene, keys, signum):
     assert sorted(x.name for x in out.iterdir()) == ["a.json"]
 
 
-def test_kinds_plug_in_before_tars(scene, keys, tmp_path):
-    """The part-set hook, exercised with a stand-in kind: a split bundle (an index plus parts,
-    the first of which begins with a tar header) is one candidate when a kind claims it, and a
-    truncated tar plus ignored files when none does. A kind that raises fails its own row only."""
-    from bundler.audit import DEFAULT_KINDS, Candidate, Kind, audit, claim_tars, verify_path
-    from bundler.verify import verify_bundle
+def test_parts_without_their_index_and_a_failing_kind(scene, keys, tmp_path):
+    """Parts whose index is not beside them are one row (never part 1 audited as a truncated
+    tar), saying the index is missing; a kind whose verification raises fails its own row only."""
+    from bundler.audit import Candidate, Kind, audit, claim_tars, verify_path
     from runtime_stub.verify import load_trust
 
-    d = tmp_path / "split"
+    d = tmp_path / "orphans"
     d.mkdir()
-    data = scene["good"].read_bytes()
-    half = len(data) // 2
-    (d / "aud.part000").write_bytes(data[:half])
-    (d / "aud.part001").write_bytes(data[half:])
-    (d / "aud.parts.json").write_text(json.dumps({"parts": ["aud.part000", "aud.part001"]}))
+    for name in scene["parts"]:
+        shutil.copyfile(scene["store"] / "split-good" / name, d / name)
     shutil.copyfile(scene["good"], d / "whole.bundle.tar")
     trusted = load_trust([keys["release"]["pub"]])
-
-    plain = audit([d], trusted)
-    assert {Path(r.path).name: r.status for r in plain.bundles} == {"aud.part000": "tampered", "whole.bundle.tar": "verified"}
-    assert {Path(i.path).name for i in plain.ignored} == {"aud.part001", "aud.parts.json"}
-
-    def claim_parts(files):  # noqa: ANN001, ANN202
-        out = []
-        for f in files:
-            if f.path.name.endswith(".parts.json"):
-                names = json.loads(f.path.read_text())["parts"]
-                out.append(Candidate("part-set", f.path, parts=[f.path.parent / n for n in names]))
-        return out
-
-    def verify_parts(c, opts):  # noqa: ANN001, ANN202
-        joined = tmp_path / "joined.tar"
-        joined.write_bytes(b"".join(p.read_bytes() for p in c.parts))
-        return verify_bundle(joined, opts.trusted, now=opts.now)
-
-    kinds = (Kind("part-set", claim_parts, verify_parts),) + DEFAULT_KINDS
-    rep = audit([d], trusted, kinds=kinds)
+    rep = audit([d], trusted)
     rows = {Path(r.path).name: r for r in rep.bundles}
-    assert {k: r.status for k, r in rows.items()} == {"aud.parts.json": "verified", "whole.bundle.tar": "verified"}
-    assert rows["aud.parts.json"].kind == "part-set" and len(rows["aud.parts.json"].parts) == 2
-    assert rep.ignored == [] and rep.ok
+    assert set(rows) == {scene["index"], "whole.bundle.tar"} and rep.ignored == []
+    orphan = rows[scene["index"]]
+    assert (orphan.kind, orphan.status, orphan.exit_code) == ("part-set", "tampered", 19)
+    assert "no such part index" in orphan.reason and len(orphan.parts) == 3
+    assert rows["whole.bundle.tar"].status == "verified"
+
+    def claim_index(files):  # noqa: ANN001, ANN202
+        return [Candidate("part-set", f.path) for f in files if f.path.name.endswith(".parts.json")]
 
     def explode(c, opts):  # noqa: ANN001, ANN202
         raise RuntimeError("boom")
 
-    rep = audit([d], trusted, kinds=(Kind("part-set", claim_parts, explode), Kind("bundle", claim_tars, verify_path)))
+    d2 = tmp_path / "with-index"
+    shutil.copytree(scene["store"] / "split-good", d2)
+    shutil.copyfile(scene["good"], d2 / "whole.bundle.tar")
+    rep = audit([d2], trusted, kinds=(Kind("part-set", claim_index, explode), Kind("bundle", claim_tars, verify_path)))
     rows = {Path(r.path).name: r for r in rep.bundles}
-    assert rows["aud.parts.json"].status == "error" and "RuntimeError: boom" in rows["aud.parts.json"].reason
+    assert rows[scene["index"]].status == "error" and "RuntimeError: boom" in rows[scene["index"]].reason
     assert rows["whole.bundle.tar"].status == "verified" and rep.exit_code == 24
