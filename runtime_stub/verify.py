@@ -149,6 +149,7 @@ class ExitCode(enum.IntEnum):
     BINDING = 16
     HOST = 17
     ROLLBACK = 18  # the host state refuses an authentic bundle: older, equivocating or stale
+    FARM = 26  # build side: the Ray build farm (not installed, unreachable, no node for a build, a lost build)
 
 
 class BundleError(Exception):
@@ -1100,6 +1101,15 @@ class EngineHeader:
 
 
 @dataclass
+class CacheInfo:
+    """The build cache (docs/farm.md): ``key`` is the SHA-256 of what determines the engine;
+    ``reused``: taken from the cache, so ``host``/``started``/``duration_s`` are the original build's."""
+
+    key: str
+    reused: bool
+
+
+@dataclass
 class EngineRecord:
     path: str
     size: int
@@ -1112,6 +1122,7 @@ class EngineRecord:
     host: str
     started: str
     duration_s: float
+    cache: Optional[CacheInfo] = None  # None: built without a build cache (and in older manifests)
 
 
 @dataclass

@@ -64,6 +64,11 @@ class TensorRTBackend:
     def version(self) -> str:
         return str(self.trt.__version__)
 
+    def identity(self) -> dict:
+        """Product and exact version of the builder (the build cache key's ``builder``)."""
+        return {"name": self.name, "module": self.trt.__name__, "version": self.version(),
+                "cuda": _cuda_major_from_distribution(self.trt.__name__)}
+
     # -- target checks, all before any build -------------------------------------------------
     def _rtx_capability(self, target: Target):  # noqa: ANN202
         assert target.cc is not None
