@@ -1034,4 +1034,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m bundler.cli` runs this file as __main__, a module other than bundler.cli; the
+    # cli_<area> modules register their commands on bundler.cli's app (the import at the end),
+    # so run that module's main, which has them all.
+    from bundler.cli import main as _main_with_every_command
+
+    _main_with_every_command()
+
+
+from . import cli_farm  # noqa: E402,F401 - registers its commands
