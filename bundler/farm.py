@@ -137,13 +137,16 @@ def check_placement(builds: Sequence[Tuple[str, Any]], nodes: Sequence[dict]) ->
 
 
 def ray_environment(address: str) -> Dict[str, str]:
-    """Environment defaults for Ray in this process, set before Ray is imported: no usage
-    statistics are ever sent (an air-gapped packager phones nowhere), and a ``local`` Ray takes
-    127.0.0.1 as its address instead of probing the network for a routable one."""
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
-    if address == "local":
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # despite the name: "single host, loopback address"
-    return env
+    """Environment defaults for Ray in the driver process, set before Ray is imported.
+
+    No usage statistics are ever sent (an air-gapped packager phones nowhere). And the driver
+    never probes a public address for its own: Ray finds a host's address by opening a UDP socket
+    towards 8.8.8.8 where it has no better idea (a local Ray; a log line when a driver connects),
+    which prints a warning on an air-gapped host. Despite its name, this variable only makes Ray
+    take 127.0.0.1 in that case; a driver joining a cluster takes its address from the cluster.
+    """
+    del address  # the same for local, auto and HOST:PORT
+    return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 # -- the task (runs on a node) ----------------------------------------------------------------------
@@ -422,8 +425,13 @@ def _run(ray: Any, models: List[_Model], todo: List[_Pending], cache: Optional[B
     def emit(mi: int, job: Any, stage: str, elapsed: float = 0.0, message: str = "", node: str = "") -> None:
         _emit(progress, job, stage, elapsed, message, node)
 
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     task = ray.remote(farm_task)
-    events = ray.remote(_Events).options(num_cpus=0).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    # on the driver's own node: the progress table must not die with a build node
+    events = ray.remote(_Events).options(num_cpus=0, scheduling_strategy=here).remote()
+    events_alive = [True]
     objects: Dict[Path, Any] = {}
     pending: Dict[Any, _Pending] = {}
     results: Dict[Tuple[int, str], EngineRecord] = {}
@@ -439,7 +447,14 @@ def _run(ray: Any, models: List[_Model], todo: List[_Pending], cache: Optional[B
         return objects[path]
 
     def drain() -> None:
-        for jid, stage, elapsed, message, node in ray.get(events.take.remote()):
+        if not events_alive[0]:
+            return
+        try:
+            taken = ray.get(events.take.remote())
+        except rx.RayActorError:  # progress is a nicety: the builds go on without it
+            events_alive[0] = False
+            return
+        for jid, stage, elapsed, message, node in taken:
             p = next((p for p in pending.values() if (p.model, p.job.stem) == tuple(jid)), None)
             if p is None:
                 continue  # finished meanwhile: the driver's own event came first
