@@ -266,6 +266,7 @@ def connect(ray: Any, address: str) -> None:
     """``ray.init`` for ``local`` (a private Ray on this host, advertised on 127.0.0.1), ``auto``
     (the cluster this host belongs to) or ``HOST:PORT``. Ray's own logging stays off the terminal,
     and the caller's signal handlers (the CLI turns Ctrl-C into a clean unwind) stay in place."""
+    _check_reachable(address)
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     kwargs: Dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
@@ -283,6 +284,21 @@ def connect(ray: Any, address: str) -> None:
         for s, h in saved.items():
             if h is not None:
                 signal.signal(s, h)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A head's HOST:PORT that takes no TCP connection is one line now; ray.init would retry for
+    minutes, printing warnings (``local``, ``auto`` and ``ray://`` are left to Ray)."""
+    if address in ("local", "auto") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise FarmError(f"cannot reach the Ray cluster at {address!r} ({why}); start its head with ray start --head, "
+                        f"or use --ray local for a Ray on this host only") from None
 
 
 def farm_create(

@@ -352,6 +352,18 @@ def test_ray_local_and_the_build_cache_serving_a_farm_build_without_the_cluster(
     assert comparable(a) == comparable(b)
 
 
+def test_an_unreachable_cluster_is_one_line_not_minutes_of_retries(cluster, keys, tmp_path):
+    spec = two_models(tmp_path / "proj", '"fp32"')
+    t0 = time.monotonic()
+    r = cluster.bundle("farm", "--spec", spec, "--ray", "127.0.0.1:1", "--key", keys["release"]["key"],
+                       "--out", tmp_path / "out")
+    assert r.code == 26, r.err
+    assert r.err.strip().splitlines() == ["error [farm]: cannot reach the Ray cluster at '127.0.0.1:1' (Connection "
+                                          "refused); start its head with ray start --head, or use --ray local for a "
+                                          "Ray on this host only"], r.err
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "out").exists()
+
+
 def test_ctrl_c_on_the_driver_cancels_the_cluster_tasks(cluster, keys, tmp_path):
     d = tmp_path / "proj"
     d.mkdir()
