@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .backends import BuildEvent, Staged, finish_build, plan_build, select_backend, stage_build
-from .backends import _keep_logs  # noqa: F401 - the same rule for kept logs as local builds
+from .backends import _keep_logs  # the same rule for a failed build's logs as local builds
 from .cache import BuildCache, cache_key, job_key_inputs, open_cache
 from .errors import BuildError, BundleError, FarmError, InputError, OutputError
 from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale
