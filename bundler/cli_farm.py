@@ -36,7 +36,7 @@ def farm_cmd(
 ) -> None:
     """Build every (model, target, precision) of a spec as a Ray task, then seal one bundle per model."""
     from .cache import cache_path
-    from .farm import farm_create, import_ray, ray_environment
+    from .farm import check_ray, farm_create, ray_environment
     from .spec import load_spec
 
     def go() -> None:
@@ -44,7 +44,7 @@ def farm_cmd(
         until = _expiry(expires)
         for name, value in ray_environment(ray_address).items():  # the CLI owns the process: before Ray loads
             os.environ.setdefault(name, value)
-        import_ray()  # no Ray: say how to install it before a passphrase is asked for
+        check_ray()  # no Ray: say how to install it before a passphrase is asked for
         signing_key = _load_signing_key(key)
         farm_create(entries, signing_key, out, ray_address, cache=cache_path(cache), progress=_BuildDisplay(),
                     on_bundle=lambda _e, res: _print_seal(res), expires=until)

@@ -55,8 +55,22 @@ INSTALL_HINT = "pip install 'trt-bundler[farm]' (or: pip install ray)"
 _HIDDEN_RESOURCES = ("memory", "object_store_memory")
 
 
+def check_ray() -> None:
+    """A `FarmError` that says how to install Ray when it is not installed. Cheap: importing
+    Ray takes about a second, and a spec served by the build cache never needs it."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken or blocked install: say the same
+        found = False
+    if not found:
+        raise FarmError(f"the build farm needs Ray, which is not installed: {INSTALL_HINT}")
+
+
 def import_ray():  # noqa: ANN201
     """The ray module, or a `FarmError` that says how to install it."""
+    check_ray()
     try:
         import ray
     except ImportError:
@@ -329,11 +343,11 @@ def farm_create(
         if entry.request.timing_cache is not None:
             raise InputError(f"model #{entry.index} ({entry.request.name}): timing_cache is not used by the build "
                              f"farm (each GPU node would need its own); leave it out of the spec for bundle farm")
-    ray = import_ray()
+    check_ray()
+    ray: Any = None
     made: List[Path] = []
     work: Optional[Path] = None
     sealed: List[Any] = []
-    connected = False
     try:
         try:
             made = make_dirs(out_dir)
@@ -349,9 +363,9 @@ def farm_create(
                 raise type(e)(f"model #{entry.index} ({entry.request.name}) failed: {e.message}; nothing built") from None
         bc = open_cache(cache)
         records, todo = _lookups(models, bc, progress)
-        if todo:  # a spec whose engines are all in the cache never needs the cluster
+        if todo:  # a spec whose engines are all in the cache never needs the cluster (nor Ray)
+            ray = import_ray()
             connect(ray, address)
-            connected = True
             check_placement([(_label(models[p.model]), p.job) for p in todo], ray.nodes())
             records.update(_run(ray, models, todo, bc, progress, out_dir))
         for mi, m in enumerate(models):
@@ -374,7 +388,7 @@ def farm_create(
             shutil.rmtree(work, ignore_errors=True)
         if not sealed:
             remove_made_dirs(made)  # a failed farm build leaves no --out it made (kept logs excepted)
-        if connected:
+        if ray is not None and ray.is_initialized():
             try:
                 ray.shutdown()
             except Exception:  # noqa: BLE001 - disconnecting must not hide the real outcome
@@ -437,11 +451,10 @@ def _run(ray: Any, models: List[_Model], todo: List[_Pending], cache: Optional[B
     """Run the builds as Ray tasks and write their engines into the staging directories; raise
     when any build failed (logs kept) or was lost, after cancelling what had not started."""
     from ray import exceptions as rx
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     def emit(mi: int, job: Any, stage: str, elapsed: float = 0.0, message: str = "", node: str = "") -> None:
         _emit(progress, job, stage, elapsed, message, node)
-
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(farm_task)
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

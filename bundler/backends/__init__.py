@@ -235,7 +235,7 @@ class Plan:
     def builders(self) -> Dict[str, Optional[dict]]:
         """Backend name -> `identity()` (product and exact version, for cache keys); None where
         the build host decides (full TensorRT on a farm's GPU node)."""
-        return {b.name: b.identity() for b, _ in self.resolved}
+        return {name: b.identity() for name, b in {b.name: b for b, _ in self.resolved}.items()}
 
 
 @dataclass

@@ -15,6 +15,7 @@ paths but cannot be installed on this project's machines (see docs/testing.md).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib
 import os
@@ -38,8 +39,13 @@ def import_runtime(module: str) -> Optional[ModuleType]:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_major_from_distribution(module: str) -> Optional[str]:
-    """The CUDA major the wheel targets, from its distribution name (``tensorrt_rtx_cu13`` -> 13)."""
+    """The CUDA major the wheel targets, from its distribution name (``tensorrt_rtx_cu13`` -> 13).
+
+    Memoized: `packages_distributions` reads the metadata of every installed distribution (about
+    a second), and the answer cannot change while the process runs; each build record and each
+    build cache key asks for it."""
     try:
         from importlib.metadata import packages_distributions
 
