@@ -74,6 +74,7 @@ class Cluster:
         for k in ("BUNDLE_KEY_PASSPHRASE", "BUNDLE_CACHE", "RAY_ADDRESS"):
             env.pop(k, None)
         env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(self.node_tmp),
+                   RAY_TMPDIR=str(self.tmp / "local"),  # where a --ray local cluster keeps its session
                    # Ray 2.60 turns token authentication on for a `ray start` when ~/.ray/auth_token
                    # exists (any `ray.init()` of a local Ray writes one): say what this cluster is
                    RAY_AUTH_MODE="disabled",
@@ -336,6 +337,16 @@ def test_ray_local_and_the_build_cache_serving_a_farm_build_without_the_cluster(
     assert first.err.count("done ") == 4 and "reused" not in first.err
     assert (home / ".ray" / "auth_token").is_file()  # Ray's default for a local cluster: token authentication
     assert len(set(NODE_RE.findall(first.err))) == 1  # one local node
+    ns_inode = os.stat(f"/run/netns/{cluster.ns}").st_ino
+    ours = set(cluster.processes())
+    others = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(d) not in ours and os.stat(f"/proc/{d}/ns/net").st_ino == ns_inode:
+                others.append(_cmdline(int(d)))
+        except OSError:
+            pass
+    assert not [c for c in others if c.strip()], others  # the local Ray ended with the command
     a = extract(tmp_path / "a" / "conv-1.0.0.bundle.tar", keys["release"]["pub"], tmp_path / "ax")
     assert all(e["cache"]["reused"] is False for e in a["engines"])
     # all cached: no build runs, and the cluster address is not even needed
