@@ -25,6 +25,8 @@ from .runtime import run_loader, write_verifier
 from .spec import build_all, create_all, load_spec, request_from_flags
 from .seal import SealResult, seal
 from .create import create
+from .cache import BuildCache
+from .farm import farm_create
 from .countersign import SignResult, sign_bundle as sign
 from .signing import (
     GeneratedKey,
@@ -43,9 +45,9 @@ from .verify import VerifyReport, verify_bundle
 from runtime_stub.verify import StateOptions, TrustPolicy, load_policy, state_options, verify_policy_update
 
 __all__ = [
-    "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
+    "BuildCache", "BuildRequest", "BuildRecord", "BundleError", "ExitCode", "GeneratedKey", "InspectReport", "Limits",
     "Manifest", "SealResult", "ShapeSpec", "SignResult", "Target", "TrustedKey", "VerifyReport",
-    "build", "build_all", "create", "create_all", "extract", "fix_shared_dims", "generate_key", "inspect",
+    "build", "build_all", "create", "create_all", "extract", "farm_create", "fix_shared_dims", "generate_key", "inspect",
     "inspect_engine_file", "key_id", "load_model", "load_private_key", "load_public_key", "load_spec", "load_trust",
     "parse_expiry", "parse_shape", "parse_target", "request_from_flags", "resolve_profile", "run_loader", "seal",
     "select_backend", "sign", "verify", "write_verifier",

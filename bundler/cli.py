@@ -321,6 +321,7 @@ _MATRIX_OPTIONS = dict(
     timing_cache=typer.Option(None, "--timing-cache", help="Full TensorRT: timing cache file, read and updated."),
     keep_fp32=typer.Option([], "--keep-fp32", help="fp16/bf16: leave this node in fp32 (repeatable), or 'auto' to find the nodes the graph needs to meet its selftest tolerance."),
     accept_accuracy_loss=typer.Option(False, "--accept-accuracy-loss", help="Build a variant measured outside its selftest tolerance anyway (recorded in the manifest)."),
+    cache=typer.Option(None, "--cache", help="Build cache directory: reuse engines built before from the same inputs, store new ones (default: $BUNDLE_CACHE; docs/farm.md)."),
 )
 
 
@@ -335,7 +336,7 @@ def _print_warnings(record) -> None:  # noqa: ANN001 - a BuildRecord or Manifest
 
 
 _SPEC_HELP = "A TOML build spec (docs/build-spec.md), one bundle per model entry; replaces MODEL and the build flags."
-_SPEC_KEEPS = ("spec", "key", "out", "expires", "ledger")  # the only flags that go with --spec: the rest live in the file
+_SPEC_KEEPS = ("spec", "key", "out", "expires", "ledger", "cache")  # the only flags that go with --spec: the rest live in the file
 
 
 def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, always_need: tuple) -> None:
@@ -362,7 +363,7 @@ def _spec_usage(ctx: typer.Context, spec: Optional[Path], flags_need: tuple, alw
         from .errors import UsageError
 
         _fail(UsageError(f"--spec cannot be combined with {', '.join(given)}: put them in the spec file "
-                         f"(only --key, --out, --expires and --ledger go with --spec)"), False)
+                         f"(only --key, --out, --expires, --ledger and --cache go with --spec)"), False)
 
 
 def _header_text(h) -> str:  # noqa: ANN001 - EngineHeader
@@ -380,18 +381,20 @@ def _engine_table(engines, title: str) -> Table:  # noqa: ANN001
         hdr = "onnx (cpu target)" if e.header is None else _header_text(e.header)
         t.add_row(_plain(e.target.label), _plain(e.target.cc or "-"), _plain(e.build.precision),
                   _plain(e.path.split("/")[-1]), _plain(f"{e.size:,}"), _plain(f"{e.backend.name} {e.backend.version}"),
-                  _plain(hdr), _plain(f"{e.duration_s:.2f}"))
+                  _plain(hdr), _plain(f"{e.duration_s:.2f}" + (" (reused)" if e.cache is not None and e.cache.reused else "")))
     return t
 
 
 class _BuildDisplay:
-    """Live table of builds (target, precision, stage, elapsed) on stderr, fed by `BuildEvent`s.
+    """Live table of builds (target, precision, stage, elapsed; the node, on a build farm) on
+    stderr, fed by `BuildEvent`s.
 
     On a terminal it is a rich Live table; in CI logs it prints one line when a build starts,
-    finishes or fails. It stops by itself once every build it has seen queued has ended.
+    finishes, fails or is taken from the build cache. A ``warning`` event (a corrupted cache entry)
+    is printed as a warning line. It stops by itself once every build it has seen queued has ended.
     """
 
-    _END = ("done", "failed", "cancelled")
+    _END = ("done", "failed", "cancelled", "reused")
 
     def __init__(self) -> None:
         self._rows: dict = {}
@@ -400,15 +403,20 @@ class _BuildDisplay:
 
     def _table(self) -> Table:
         t = Table(title="builds", expand=False)
-        for col in ("target", "precision", "engine", "stage", "elapsed"):
+        nodes = any(ev.node for ev in self._rows.values())
+        for col in ("target", "precision", "engine") + (("node",) if nodes else ()) + ("stage", "elapsed"):
             t.add_column(col)
-        styles = {"done": "green", "failed": "bold red", "cancelled": "yellow", "building": "cyan"}
+        styles = {"done": "green", "failed": "bold red", "cancelled": "yellow", "building": "cyan", "reused": "green"}
         for ev in self._rows.values():
-            t.add_row(_plain(ev.target), _plain(ev.precision), _plain(ev.job),
+            node = (_plain(ev.node or "-"),) if nodes else ()
+            t.add_row(_plain(ev.target), _plain(ev.precision), _plain(ev.job), *node,
                       Text(printable(ev.stage), style=styles.get(ev.stage, "")), _plain(f"{ev.elapsed_s:.1f}s"))
         return t
 
     def __call__(self, ev) -> None:  # noqa: ANN001 - bundler.backends.BuildEvent
+        if ev.stage == "warning":
+            _say(self._console, Text.assemble(("warning", "yellow"), ": ", printable(ev.message)))
+            return
         prev = self._rows.get(ev.job)
         self._rows[ev.job] = ev
         if self._console.is_terminal:
@@ -418,10 +426,12 @@ class _BuildDisplay:
                 self._live = Live(self._table(), console=self._console, refresh_per_second=8)
                 self._live.start()
             self._live.update(self._table())
-        elif ev.stage in ("building", "done", "failed") and (prev is None or prev.stage != ev.stage):
-            extra = f" after {ev.elapsed_s:.1f}s" if ev.stage != "building" else ""
-            msg = f": {ev.message}" if ev.stage == "failed" and ev.message else ""
-            _say(self._console, _plain(f"{ev.stage} {ev.target} ({ev.precision}){extra}{msg}"))
+        elif ev.stage in ("building", "done", "failed", "reused") and (prev is None or prev.stage != ev.stage
+                                                                        or prev.node != ev.node):
+            extra = f" after {ev.elapsed_s:.1f}s" if ev.stage in ("done", "failed") else ""
+            on = f" on {ev.node}" if ev.node else ""
+            msg = f": {ev.message}" if ev.stage in ("failed", "reused") and ev.message else ""
+            _say(self._console, _plain(f"{ev.stage} {ev.target} ({ev.precision}){on}{extra}{msg}"))
         if self._live is not None and all(r.stage in self._END for r in self._rows.values()):
             self._live.stop()
             self._live = None
@@ -449,6 +459,7 @@ def build_cmd(
     keep_fp32: List[str] = _MATRIX_OPTIONS["keep_fp32"],
     accept_accuracy_loss: bool = _MATRIX_OPTIONS["accept_accuracy_loss"],
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
+    cache: Optional[Path] = _MATRIX_OPTIONS["cache"],
 ) -> None:
     """Build one engine per target into a build directory (seal it later, maybe with others)."""
     from .backends import build
@@ -456,6 +467,8 @@ def build_cmd(
     _spec_usage(ctx, spec, ("model", "name", "version", "target"), ("out",))
 
     def go() -> None:
+        from .cache import cache_path
+
         if spec is not None:
             from .spec import build_all, load_spec
 
@@ -463,11 +476,11 @@ def build_cmd(
                 _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {d}"))
                 _print_warnings(rec)
 
-            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=built)
+            build_all(load_spec(spec), out, progress=_BuildDisplay(), on_build=built, cache=cache_path(cache))
             return
         req = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
-        rec = build(req, out, progress=_BuildDisplay())
+        rec = build(req, out, progress=_BuildDisplay(), cache=cache_path(cache))
         _out().print(_engine_table(rec.engines, f"{rec.name} {rec.version}: build directory {out}"))
         _print_warnings(rec)
 
@@ -555,6 +568,7 @@ def create_cmd(
     spec: Optional[Path] = typer.Option(None, "--spec", help=_SPEC_HELP),
     expires: Optional[str] = typer.Option(None, "--expires", help=_EXPIRES_HELP),
     ledger: Optional[Path] = typer.Option(None, "--ledger", help=_LEDGER_HELP),
+    cache: Optional[Path] = _MATRIX_OPTIONS["cache"],
 ) -> None:
     """Build one engine per target and seal them into a signed bundle (build + seal)."""
     from .api import create
@@ -562,6 +576,8 @@ def create_cmd(
     _spec_usage(ctx, spec, ("model", "name", "version", "target"), ("key",))
 
     def go() -> None:
+        from .cache import cache_path
+
         if spec is not None:
             from .spec import create_all, load_spec
 
@@ -569,13 +585,13 @@ def create_cmd(
             until = _expiry(expires)
             signing_key = _load_signing_key(key)
             create_all(entries, signing_key, out, progress=_BuildDisplay(), on_bundle=lambda _e, res: _print_seal(res),
-                       expires=until, ledger=_ledger_file(ledger))
+                       expires=until, ledger=_ledger_file(ledger), cache=cache_path(cache))
             return
         request = _request(model, name, version, target, shape, workspace, backend, golden, sample_input,
                        precision, profile, calibration, jobs, timing_cache, sample_value, keep_fp32, accept_accuracy_loss)
         until = _expiry(expires)  # a duration counts from here: the build takes seconds to hours
         signing_key = _load_signing_key(key)  # before the build: a wrong passphrase should cost nothing
-        _print_seal(create(request, signing_key, out, progress=_BuildDisplay(), expires=until, ledger=_ledger_file(ledger)))
+        _print_seal(create(request, signing_key, out, progress=_BuildDisplay(), expires=until, ledger=_ledger_file(ledger), cache=cache_path(cache)))
 
     _run(False, go)
 
@@ -1050,3 +1066,4 @@ if __name__ == "__main__":
 
 from . import cli_parts  # noqa: E402,F401 - registers its commands
 from . import cli_audit  # noqa: E402,F401 - registers its commands
+from . import cli_farm  # noqa: E402,F401 - registers its commands

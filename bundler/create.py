@@ -27,9 +27,11 @@ def create(
     progress: Optional[Callable[..., None]] = None,
     expires: Optional[str] = None,
     ledger: Optional[Path] = None,
+    cache: Optional[Path] = None,
 ) -> SealResult:
     """`build` into a private temporary directory, then `seal` (with the signed ``expires``, if
-    given, and the signing ledger's entry when ``ledger`` is set); only the bundle is left behind."""
+    given, and the signing ledger's entry when ``ledger`` is set); only the bundle is left behind.
+    ``cache``: a build cache directory (`bundler.cache`)."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, "NAME-VERSION.bundle.tar")
     final = out_dir / f"{request.name}-{request.version}.bundle.tar"
@@ -49,7 +51,7 @@ def create(
         raise OutputError(f"{out_dir}: cannot write there ({e.strerror})") from None
     try:
         build(request, work / "build", progress=progress,
-              logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs")
+              logs_dir=out_dir / f"{request.name}-{request.version}.failed-logs", cache=cache)
         result = seal([work / "build"], key, out_dir, expires=expires, ledger=ledger)
     except BaseException:
         # A failed create leaves nothing new: no --out made for it (unless it now holds the

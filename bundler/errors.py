@@ -48,6 +48,14 @@ class OutputError(BundleError):
     code = ExitCode.OUTPUT
 
 
+class FarmError(BundleError):
+    """The Ray build farm cannot do what was asked: Ray is not installed, the cluster cannot be
+    reached, no node offers what a build needs, or the cluster lost a build beyond its retries
+    (docs/farm.md). A build that fails on its own merits is a `BuildError`, farm or not."""
+
+    code = ExitCode.FARM
+
+
 class AccuracyError(BundleError):
     """A precision variant measured outside the tolerance its own selftest will apply: the build
     refuses to ship what `loader.py selftest` would fail (--accept-accuracy-loss overrides)."""

@@ -25,6 +25,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
     AccuracyInfo,
     BackendInfo,
     BuildSettings,
+    CacheInfo,
     CalibrationInfo,
     Dim,
     EngineHeader,

@@ -369,6 +369,7 @@ def create_all(
     on_bundle: Optional[Callable[[SpecEntry, Any], None]] = None,
     expires: Optional[str] = None,
     ledger: Optional[Path] = None,
+    cache: Optional[Path] = None,
 ) -> List[Any]:
     """`api.create` for each entry in order (each seal recorded in ``ledger``, if set); stop at
     the first failure.
@@ -391,7 +392,7 @@ def create_all(
     made: List[Any] = []
     for entry in entries:
         try:
-            res = create(entry.request, key, out_dir, progress=progress, expires=expires, ledger=ledger)
+            res = create(entry.request, key, out_dir, progress=progress, expires=expires, ledger=ledger, cache=cache)
         except BundleError as e:
             raise _failed(e, entry, "bundles", [r.path for r in made]) from None
         made.append(res)
@@ -405,6 +406,7 @@ def build_all(
     out_dir: Path,
     progress: Optional[Callable[..., None]] = None,
     on_build: Optional[Callable[[SpecEntry, Path, Any], None]] = None,
+    cache: Optional[Path] = None,
 ) -> List[Path]:
     """`build` for each entry into ``out_dir/NAME-VERSION`` (build directories to seal later)."""
     from .backends import build
@@ -421,7 +423,7 @@ def build_all(
     for entry in entries:
         d = out_dir / entry.bundle_name
         try:
-            rec = build(entry.request, d, progress=progress)
+            rec = build(entry.request, d, progress=progress, cache=cache)
         except BundleError as e:
             raise _failed(e, entry, "build directories", made) from None
         made.append(d)

@@ -159,6 +159,7 @@ class ExitCode(enum.IntEnum):
     MEDIA = 23  # `bundle copy`: the destination cannot hold the file (FAT32's 4 GiB - 1, free space)
     AUDIT = 24  # `bundle audit`: a bundle under the audited paths is not verified (or not ledgered)
     LEDGER = 25  # the signing ledger's hash chain is broken (docs/ledger.md)
+    FARM = 26  # build side: the Ray build farm (not installed, unreachable, no node for a build, a lost build)
 
 
 class BundleError(Exception):
@@ -1118,6 +1119,15 @@ class EngineHeader:
 
 
 @dataclass
+class CacheInfo:
+    """The build cache (docs/farm.md): ``key`` is the SHA-256 of what determines the engine;
+    ``reused``: taken from the cache, so ``host``/``started``/``duration_s`` are the original build's."""
+
+    key: str
+    reused: bool
+
+
+@dataclass
 class EngineRecord:
     path: str
     size: int
@@ -1130,6 +1140,7 @@ class EngineRecord:
     host: str
     started: str
     duration_s: float
+    cache: Optional[CacheInfo] = None  # None: built without a build cache (and in older manifests)
 
 
 @dataclass

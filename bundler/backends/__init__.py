@@ -63,6 +63,11 @@ class Backend(Protocol):
 
     def version(self) -> str: ...
 
+    def identity(self) -> Optional[dict]:
+        """What builds the engine, exactly (product, module, version, CUDA major): part of the
+        build cache key. None when it is not known here (the build host decides)."""
+        ...
+
     def resolve(self, target: Target) -> Target:
         """Return the target with its compute capability filled in, or raise `BuildError`
         when this backend cannot build for it. Called for every target before any build."""
@@ -118,12 +123,13 @@ class BuildEvent:
     stage: str
     elapsed_s: float = 0.0
     message: str = ""
+    node: str = ""  # the build farm's node running it ("" for local builds)
 
 
 ProgressFn = Callable[[BuildEvent], None]
 
 
-def _plan_checks(request: BuildRequest):  # noqa: ANN202
+def _plan_checks(request: BuildRequest, gpu_backend: Optional[Backend] = None):  # noqa: ANN202
     """Every check that can fail without building anything, in one place, before any build."""
     from ..precision import check_target_supports, supported
     from ..versioning import check_bundle_name, check_version
@@ -148,7 +154,8 @@ def _plan_checks(request: BuildRequest):  # noqa: ANN202
         raise InputError(
             f"the source graph is already {model.precision}; precision conversions start from an fp32 graph"
         )
-    gpu_backend = select_backend(request.backend) if any(not t.is_cpu for t in targets) else None
+    if gpu_backend is None and any(not t.is_cpu for t in targets):
+        gpu_backend = select_backend(request.backend)
     cpu_backend = None
     if any(t.is_cpu for t in targets):
         from .onnxruntime import OnnxRuntimeBackend
@@ -213,23 +220,103 @@ def _check_member_name(rel: str) -> None:
         raise InputError(f"model file name: {e.message} (rename the file; verify would refuse this bundle)") from None
 
 
+@dataclass
+class Plan:
+    """What `plan_build` checked and computed, before anything is written."""
+
+    request: BuildRequest
+    model: ModelInfo
+    profiles: List[Dict[str, ShapeRange]]
+    precisions: List[str]
+    resolved: list  # (Backend, Target), one per target
+    calibration: object
+    golden: object  # golden.Golden or None
+
+    def builders(self) -> Dict[str, Optional[dict]]:
+        """Backend name -> `identity()` (product and exact version, for cache keys); None where
+        the build host decides (full TensorRT on a farm's GPU node)."""
+        return {name: b.identity() for name, b in {b.name: b for b, _ in self.resolved}.items()}
+
+
+@dataclass
+class Staged:
+    """A staging directory with the source model, golden data and converted graphs, and the jobs
+    that build its engines."""
+
+    jobs: List["Job"]
+    variants: list
+    golden_info: object
+
+
+def plan_build(request: BuildRequest, gpu_backend: Optional[Backend] = None) -> Plan:
+    """Every check that needs no output directory, then the golden data (a CPU run). A farm passes
+    its own ``gpu_backend`` (one that builds on another host), else `select_backend` picks one."""
+    model, profiles, precisions, resolved, calibration = _plan_checks(request, gpu_backend)
+    golden = None
+    if request.golden:
+        from ..golden import make_golden
+
+        golden = make_golden(request.model, model, profiles[0], request.sample_input, values=request.sample_values)
+    return Plan(request, model, profiles, precisions, resolved, calibration, golden)
+
+
+def stage_build(plan: Plan, staging: Path) -> Staged:
+    """Fill ``staging`` (an empty directory) with the model, golden data and converted graphs;
+    return one job per (precision, target), whose engines go to ``staging/engines``."""
+    request, model = plan.request, plan.model
+    (staging / "model").mkdir()
+    (staging / "engines").mkdir()
+    shutil.copyfile(request.model, staging / model.path)
+    golden_info = None
+    if plan.golden is not None:
+        from ..golden import INPUTS_NPZ, OUTPUTS_NPZ, golden_info as _info, write_npz
+
+        (staging / "golden").mkdir()
+        write_npz(staging / INPUTS_NPZ, plan.golden.inputs)
+        write_npz(staging / OUTPUTS_NPZ, plan.golden.outputs)
+        golden_info = _info(plan.golden, request.sample_input, 0)
+    variants, graphs = _convert_all(request, model, plan.precisions, plan.calibration, plan.golden, staging)
+    jobs = []
+    for precision in plan.precisions:
+        for backend, target in plan.resolved:
+            stem = engine_stem(request.name, model, plan.profiles[0], target, precision)
+            jobs.append(Job(
+                stem=stem, backend=backend.name, target=target, precision=precision, model=model,
+                model_path=graphs[precision], source_path=Path(request.model),
+                profiles=plan.profiles, workspace=request.workspace,
+                engine_path=staging / "engines" / f"{stem}{backend.extension}",
+                log_path=staging / "engines" / f"{stem}.log", timing_cache=request.timing_cache,
+            ))
+    return Staged(jobs, variants, golden_info)
+
+
+def finish_build(plan: Plan, staged: Staged, records: List[EngineRecord], staging: Path) -> BuildRecord:
+    """Write ``build.json``: the staging directory is now a complete build directory."""
+    record = BuildRecord(
+        name=plan.request.name, version=plan.request.version, model=plan.model, engines=records,
+        golden=staged.golden_info, variants=staged.variants,
+    )
+    (staging / BUILD_RECORD).write_bytes(to_json(record))
+    os.chmod(staging, 0o755)  # mkdtemp made it 0700
+    return record
+
+
 def build(
-    request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None, logs_dir: Optional[Path] = None
+    request: BuildRequest, out_dir: Path, progress: Optional[ProgressFn] = None, logs_dir: Optional[Path] = None,
+    cache: Optional[Path] = None,
 ) -> BuildRecord:
     """Check everything, then build targets x precisions into ``out_dir``, which must not exist.
 
     The directory appears only when every engine has been built: work happens in a staging
     directory beside it, so a failed or interrupted build never leaves a half-filled build dir
     under its final name. When a build fails, every builder log is kept in ``logs_dir`` (default
-    ``OUT.failed-logs/``) and the error says where.
+    ``OUT.failed-logs/``) and the error says where. With ``cache`` (a build cache directory,
+    `bundler.cache`), engines built before from the same inputs are reused, the others stored.
     """
-    _check_build_out(Path(out_dir))
-    model, profiles, precisions, resolved, calibration = _plan_checks(request)
-    golden = None
-    if request.golden:
-        from ..golden import make_golden
+    from ..cache import open_cache, run_cached
 
-        golden = make_golden(request.model, model, profiles[0], request.sample_input, values=request.sample_values)
+    _check_build_out(Path(out_dir))
+    plan = plan_build(request)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise OutputError(f"{out_dir}: already exists; builds never overwrite (remove it or pick another --out)")
@@ -242,41 +329,15 @@ def build(
         remove_made_dirs(made)
         raise OutputError(f"{out_dir.parent}: cannot create the build directory there ({e.strerror})") from None
     try:
-        (staging / "model").mkdir()
-        (staging / "engines").mkdir()
-        shutil.copyfile(request.model, staging / model.path)
-        golden_info = None
-        if golden is not None:
-            from ..golden import INPUTS_NPZ, OUTPUTS_NPZ, golden_info as _info, write_npz
-
-            (staging / "golden").mkdir()
-            write_npz(staging / INPUTS_NPZ, golden.inputs)
-            write_npz(staging / OUTPUTS_NPZ, golden.outputs)
-            golden_info = _info(golden, request.sample_input, 0)
-        variants, graphs = _convert_all(request, model, precisions, calibration, golden, staging)
-        jobs = []
-        for precision in precisions:
-            for backend, target in resolved:
-                stem = engine_stem(request.name, model, profiles[0], target, precision)
-                jobs.append(Job(
-                    stem=stem, backend=backend.name, target=target, precision=precision, model=model,
-                    model_path=graphs[precision], source_path=Path(request.model),
-                    profiles=profiles, workspace=request.workspace,
-                    engine_path=staging / "engines" / f"{stem}{backend.extension}",
-                    log_path=staging / "engines" / f"{stem}.log", timing_cache=request.timing_cache,
-                ))
+        staged = stage_build(plan, staging)
         try:
-            records = run_jobs(jobs, request.jobs, progress)
+            records = run_cached(staged.jobs, plan.builders(), lambda jobs: run_jobs(jobs, request.jobs, progress),
+                                 open_cache(cache), progress)
         except BuildError as e:
             kept = _keep_logs(staging, Path(logs_dir) if logs_dir else out_dir.with_name(out_dir.name + ".failed-logs"))
             raise BuildError(f"{e.message}; builder logs kept in {kept}" if kept else e.message) from None
         _update_timing_cache(staging, request.timing_cache)
-        record = BuildRecord(
-            name=request.name, version=request.version, model=model, engines=records, golden=golden_info,
-            variants=variants,
-        )
-        (staging / BUILD_RECORD).write_bytes(to_json(record))
-        os.chmod(staging, 0o755)  # mkdtemp made it 0700
+        record = finish_build(plan, staged, records, staging)
         rename_noreplace(staging, out_dir)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)

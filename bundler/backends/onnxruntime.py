@@ -34,6 +34,9 @@ class OnnxRuntimeBackend:
     def version(self) -> str:
         return str(self.ort.__version__)
 
+    def identity(self) -> dict:
+        return {"name": self.name, "module": "onnxruntime", "version": self.version(), "cuda": None}
+
     def resolve(self, target: Target) -> Target:
         if not target.is_cpu:
             raise BuildError(f"target {target.label}: the onnxruntime backend builds the cpu target only")

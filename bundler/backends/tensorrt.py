@@ -15,6 +15,7 @@ paths but cannot be installed on this project's machines (see docs/testing.md).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib
 import os
@@ -38,8 +39,13 @@ def import_runtime(module: str) -> Optional[ModuleType]:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_major_from_distribution(module: str) -> Optional[str]:
-    """The CUDA major the wheel targets, from its distribution name (``tensorrt_rtx_cu13`` -> 13)."""
+    """The CUDA major the wheel targets, from its distribution name (``tensorrt_rtx_cu13`` -> 13).
+
+    Memoized: `packages_distributions` reads the metadata of every installed distribution (about
+    a second), and the answer cannot change while the process runs; each build record and each
+    build cache key asks for it."""
     try:
         from importlib.metadata import packages_distributions
 
@@ -63,6 +69,11 @@ class TensorRTBackend:
 
     def version(self) -> str:
         return str(self.trt.__version__)
+
+    def identity(self) -> dict:
+        """Product and exact version of the builder (the build cache key's ``builder``)."""
+        return {"name": self.name, "module": self.trt.__name__, "version": self.version(),
+                "cuda": _cuda_major_from_distribution(self.trt.__name__)}
 
     # -- target checks, all before any build -------------------------------------------------
     def _rtx_capability(self, target: Target):  # noqa: ANN202
