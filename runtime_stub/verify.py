@@ -64,7 +64,6 @@ import binascii
 import calendar
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import datetime
 import enum
@@ -2737,9 +2736,10 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
 # == host check (bundler/verify.py host_report, bundler/cuda.py) ===============================
 
 def _load_libcuda() -> Any:
-    for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")):
-        if not name:
-            continue
+    # The driver's sonames only, found by the dynamic loader. Not ctypes.util.find_library: on
+    # Linux it runs ldconfig, then gcc and ld looked up on PATH, so every verification executed
+    # programs that are no part of the verifier (a planted `ld` in any PATH directory ran).
+    for name in ("libcuda.so.1", "libcuda.so"):
         try:
             return ctypes.CDLL(name)
         except OSError:
