@@ -2559,7 +2559,12 @@ def _walk(top: Path, limits: Limits) -> Tuple[Dict[str, int], Set[str]]:
     while stack:
         rel_dir = stack.pop()
         with os.scandir(os.path.join(str(top), rel_dir) if rel_dir else str(top)) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            # at most the members still allowed, plus one: a directory of ten million entries
+            # must not be listed (and held) whole before the limit can say no
+            entries = list(itertools.islice(it, limits.max_members - count + 1))
+        if count + len(entries) > limits.max_members:
+            raise LimitsError(f"more than {limits.max_members} members (in {rel_dir or '.'})", member=rel_dir or None)
+        entries.sort(key=lambda e: e.name)
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             full = os.path.join(str(top), rel)
