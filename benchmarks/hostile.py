@@ -116,9 +116,19 @@ def end_of_archive(length: int) -> bytes:
     return tail + b"\0" * ((-(length + len(tail))) % RECORD)
 
 
-def write_tar(path: Path, chunks: Iterable[bytes]) -> Path:
-    body = b"".join(chunks)
-    Path(path).write_bytes(body + end_of_archive(len(body)))
+def write_tar(path: Path, chunks: Iterable[Union[bytes, int]]) -> Path:
+    """The chunks, then the end of the archive. An int chunk is a hole of that many zero bytes,
+    left sparse on disk (``seek``), for members that declare huge sizes and really have them."""
+    length = 0
+    with open(path, "wb") as f:
+        for c in chunks:
+            if isinstance(c, int):
+                f.seek(c, os.SEEK_CUR)
+                length += c
+            else:
+                f.write(c)
+                length += len(c)
+        f.write(end_of_archive(length))
     return Path(path)
 
 
@@ -173,13 +183,15 @@ def insert(parts: List[Tuple[str, bytes]], chunk: bytes, before: Optional[str] =
 def resign(bundle: Bundle, key_path: Path, *, extra_files: Optional[Dict[str, bytes]] = None,
            edit_manifest: Optional[Callable[[dict], None]] = None,
            edit_sums: Optional[Callable[[bytes], bytes]] = None, subject: Optional[str] = None,
-           replace: Optional[Dict[str, bytes]] = None) -> Bundle:
+           replace: Optional[Dict[str, bytes]] = None, raw_manifest: Optional[bytes] = None,
+           raw_statement: Optional[bytes] = None) -> Bundle:
     """The bundle with its metadata re-signed by ``key_path`` (a trusted, unencrypted key).
 
     ``extra_files`` (bundle-relative path -> bytes) are added to the manifest's ``files`` and to
     the signed statement, so a hostile member under one of those names is *signed*; ``replace``
     swaps a member's bytes (its new digest is signed); ``edit_manifest`` and ``edit_sums`` change
-    the documents before they are signed. The caller places the hostile members in the tar.
+    the documents before they are signed; ``raw_manifest`` and ``raw_statement`` replace them by
+    bytes that need not be JSON at all. The caller places the hostile members in the tar.
     """
     from bundler.signing import load_private_key, make_statement, sign_statement
 
@@ -193,18 +205,19 @@ def resign(bundle: Bundle, key_path: Path, *, extra_files: Optional[Dict[str, by
             by_path[r].update(size=len(d), sha256=hashlib.sha256(d).hexdigest())
     for e in manifest["engines"]:
         e.update(size=by_path[e["path"]]["size"], sha256=by_path[e["path"]]["sha256"])
+    manifest["model"].update(size=by_path[manifest["model"]["path"]]["size"], sha256=by_path[manifest["model"]["path"]]["sha256"])
     for rel, data in (extra_files or {}).items():
         manifest["files"].append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     if edit_manifest is not None:
         edit_manifest(manifest)
-    manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
+    manifest_bytes = raw_manifest if raw_manifest is not None else (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
     digests = {"manifest.json": hashlib.sha256(manifest_bytes).hexdigest()}
     digests.update({f["path"]: f["sha256"] for f in manifest["files"]})
     sums = "".join(f"{d}  {p}\n" for p, d in digests.items()).encode("utf-8")
     if edit_sums is not None:
         sums = edit_sums(sums)
     digests["SHA256SUMS"] = hashlib.sha256(sums).hexdigest()
-    statement = make_statement(subject or bundle.root, digests)
+    statement = raw_statement if raw_statement is not None else make_statement(subject or bundle.root, digests)
     sig = sign_statement(statement, load_private_key(Path(key_path), None))
     out = []
     for r, d, m in members:
