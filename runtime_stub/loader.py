@@ -52,7 +52,6 @@ if __name__ == "__main__" and sys.path and not (sys.flags.isolated or getattr(sy
 
 import argparse  # noqa: E402 - after the sys.path guard, on purpose
 import ctypes  # noqa: E402
-import ctypes.util  # noqa: E402
 import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -130,9 +129,8 @@ class Cuda:
 
     @classmethod
     def load(cls) -> "Optional[Cuda]":
-        for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"):
-            if not name:
-                continue
+        # sonames only: ctypes.util.find_library runs ldconfig, gcc and ld from PATH (verify.py)
+        for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
             try:
                 lib = ctypes.CDLL(name)
             except OSError:

@@ -69,7 +69,6 @@ import binascii
 import calendar
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import datetime
 import enum
@@ -406,6 +405,11 @@ _OID_PRIME256V1 = bytes.fromhex("2a8648ce3d030107")  # 1.2.840.10045.3.1.7
 _SPKI_P256_PREFIX = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
 
 
+# Named curves an operator may meet (OMS v1.0's own key vector is P-384): named, so the refusal says why.
+_OTHER_CURVES = {bytes.fromhex("2b81040022"): "P-384 (secp384r1)", bytes.fromhex("2b81040023"): "P-521 (secp521r1)",
+                 bytes.fromhex("2b8104000a"): "secp256k1"}
+
+
 class NotP256(ValueError):
     """A well-formed public key of another algorithm or curve."""
 
@@ -442,6 +446,8 @@ def parse_spki_der(der: bytes) -> PublicKey:
     if o1 >= a1:
         raise NotP256("EC key without curve parameters")
     tag, c0, c1 = _der_tlv(der, o1, a1)
+    if tag == 0x06 and c1 == a1 and der[c0:c1] in _OTHER_CURVES:
+        raise NotP256(f"curve {_OTHER_CURVES[der[c0:c1]]}; this verifier takes P-256 (prime256v1) keys")
     if tag != 0x06 or c1 != a1 or der[c0:c1] != _OID_PRIME256V1:
         raise NotP256("not on the named curve prime256v1")
     return point_from_bytes(der[b0 + 1:b1])
@@ -827,6 +833,7 @@ class SignatureFile:
     hint: Optional[str]
     payload: bytes
     signature: bytes
+    unsupported: Optional[str] = None  # why this file's kind of signature is not checked here
 
 
 @dataclass(frozen=True)
@@ -867,18 +874,45 @@ def b64_canonical(text: Any) -> bytes:
     return data
 
 
+_KEYS_ONLY = "this verifier takes ECDSA P-256 public keys (--trust KEY.pub)"
+
+
+def _unsupported_material(vm: Dict[str, Any]) -> Optional[str]:
+    """OpenSSF model-signing v1.0 has three kinds of verification material (bundle.schema.json):
+    a public key, an X.509 certificate chain, and Sigstore's keyless certificate with
+    transparency-log entries. Only the first can be checked offline against keys the host holds;
+    the other two are named, so that the operator learns what is missing instead of reading
+    "does not verify"."""
+    if vm.get("certificate") is not None:
+        if vm.get("tlogEntries"):
+            return ("Sigstore keyless signatures (a Fulcio certificate and transparency-log entries) are not "
+                    "supported; " + _KEYS_ONLY)
+        return "certificate-based signatures are not supported; " + _KEYS_ONLY
+    if vm.get("x509CertificateChain") is not None:
+        return "certificate-chain signatures (x509CertificateChain) are not supported; " + _KEYS_ONLY
+    return None
+
+
 def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
     try:
         doc = loads_strict(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         if doc.get("mediaType") not in (BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"):
             raise ValueError(f"unsupported mediaType {doc.get('mediaType')!r}")
+        for required in ("verificationMaterial", "dsseEnvelope"):  # both required by OMS v1.0
+            if not isinstance(doc.get(required), dict):
+                raise ValueError(f"no {required} object")
+        if not any(k in doc["verificationMaterial"] for k in ("publicKey", "certificate", "x509CertificateChain")):
+            raise ValueError("verificationMaterial holds no publicKey, certificate or x509CertificateChain")
+        unsupported = _unsupported_material(doc["verificationMaterial"])
         env = doc["dsseEnvelope"]
         if env["payloadType"] != PAYLOAD_TYPE:
             raise ValueError(f"unsupported payloadType {env['payloadType']!r}")
         sigs = env["signatures"]
         if not isinstance(sigs, list) or len(sigs) != 1:
             raise ValueError("expected exactly one DSSE signature")
-        hint = ((doc.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint")
+        hint = (doc["verificationMaterial"].get("publicKey") or {}).get("hint")
         payload = b64_canonical(env["payload"])
         sig = b64_canonical(sigs[0]["sig"])
     except RecursionError:  # hostile nesting ("[[[[...") is unparsable, not a crash
@@ -887,7 +921,7 @@ def parse_signature_file(raw: bytes, where: str) -> SignatureFile:
         raise SignatureError(f"{where}: not a model-signing signature file ({e})", member=where) from None
     if hint is not None and not isinstance(hint, str):
         raise SignatureError(f"{where}: key hint is not a string", member=where)
-    return SignatureFile(hint, payload, sig)
+    return SignatureFile(hint, payload, sig, unsupported)
 
 
 def verify_signature(sf: SignatureFile, key: PublicKey, ecdsa: "Optional[Ecdsa]" = None) -> bool:
@@ -1650,6 +1684,18 @@ def check_name(name: str, limits: Limits, offset: int) -> None:
         raise UnsafeMemberError(f"{name!r}: control character in member name", member=name)
 
 
+def _check_shadow_name(ustar: str, cut: bool, path: str) -> None:
+    """Under a PAX ``path`` the ustar name (and prefix) fields are what a tar that ignores PAX
+    headers extracts to. They are not the member's name here, but they must not point outside the
+    archive's directory either (absolute, or a whole '..' component), so that no other tool can be
+    led astray by a bundle this verifier passed. A full 100-byte name field may end in a component
+    cut short (writers truncate it), which is not judged."""
+    parts = ustar.split("/")[:-1] if cut else ustar.split("/")
+    if ustar.startswith("/") or ".." in parts:
+        raise UnsafeMemberError(f"{path}: its ustar name field {ustar!r} leaves the archive's directory (a tar that "
+                                "ignores PAX headers would extract it there)", member=path)
+
+
 _LINK_KINDS = {b"1": "hard link", b"2": "symlink", b"3": "character device", b"4": "block device",
                b"6": "FIFO", b"g": "global PAX header", b"L": "GNU long name", b"K": "GNU long link name",
                b"S": "GNU sparse file"}
@@ -1728,10 +1774,14 @@ class StrictTarReader:
         name = hdr["name"]
         if pax is not None:
             if "path" in pax:
+                _check_shadow_name(hdr["name"], hdr["name_cut"], pax["path"])
                 name = pax["path"]
             if "size" in pax:
                 if not _DECIMAL_RE.match(pax["size"]):
                     raise ArchiveError(f"PAX size at byte {offset} is not a plain decimal number")
+                if len(pax["size"]) > len(str(self.limits.max_member_size)):  # before int(): 10**5000 is a ValueError
+                    raise LimitsError(f"{name}: PAX size of {len(pax['size'])} digits is over the per-member limit of "
+                                      f"{self.limits.max_member_size}", member=name)
                 size = int(pax["size"])
             if "mtime" in pax and not _MTIME_RE.match(pax["mtime"]):
                 raise ArchiveError(f"PAX mtime at byte {offset} is not a number")
@@ -1791,6 +1841,7 @@ class StrictTarReader:
                 raise UnsafeMemberError(f"{name}: link target {linkname!r} on a non-link member", member=name)
         return {
             "name": name,
+            "name_cut": b"\0" not in block[0:100],  # the field is full: its last component may be cut short
             "mode": _octal(block[100:108], "mode", offset),
             "size": _octal(block[124:136], "size", offset),
             "type": block[156:157],
@@ -1803,7 +1854,7 @@ class StrictTarReader:
             sp = raw.find(b" ", pos)
             if sp < 0:
                 raise ArchiveError(f"malformed PAX record at byte {offset}")
-            if not _PAX_LENGTH_RE.match(raw[pos:sp]):
+            if not _PAX_LENGTH_RE.match(raw[pos:sp]) or sp - pos > len(str(len(raw))):  # no int() of 10**5000
                 raise ArchiveError(f"malformed PAX record length at byte {offset}")
             length = int(raw[pos:sp])
             if length <= 0 or pos + length > len(raw):
@@ -2250,6 +2301,9 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
         candidates = _candidate_keys(sf, policy)
         sr = SignerReport(file=rel, key_id=sf.hint, trusted=False, valid=None, sha256=hashlib.sha256(raw).hexdigest())
         report.signers.append(sr)
+        if sf.unsupported is not None:  # reported, never checked, never counted
+            sr.reason = sf.unsupported
+            continue
         for tk in candidates:
             if verify_signature(sf, tk.key, ecdsa):
                 sr.key_id, sr.trusted, sr.valid, sr.trust_source, sr.name = tk.key_id, True, True, tk.source, tk.name
@@ -2267,6 +2321,8 @@ def _check_signatures(sig_files: List[Tuple[str, str, bytes]], policy: TrustPoli
                 sr.reason = "key not in the trust policy"
     if not statements:
         bad = next((s for s in report.signers if s.valid is False or s.reason.startswith("key revoked")), None)
+        if bad is None:  # nothing checkable failed: say what kind of signature could not be checked
+            bad = next((s for s in report.signers if s.reason.endswith(_KEYS_ONLY)), None)
         if bad is not None:
             raise SignatureError(f"{full_of[bad.file]}: {bad.reason}", member=full_of[bad.file])
         signers = ", ".join(sorted(_short_key_id(s.key_id) for s in report.signers))
@@ -2461,6 +2517,9 @@ def _load_manifest(raw: bytes, st: _State, root: Optional[str], where: str) -> N
         if e.path in seen:
             raise BindingError(f"{wm}: engine {e.path} has two records", member=wm)
         seen.add(e.path)
+        if e.header is not None and not e.target.cc:  # a TensorRT engine: where it may run is its cc
+            raise BindingError(f"{wm}: engine {e.path} has GPU target {e.target.label!r} without a compute capability",
+                               member=wm)
     for e in m.engines:
         if e.build.precision not in graphs:
             raise BindingError(f"{wm}: engine {e.path} is {e.build.precision}, but no graph of that precision is signed", member=wm)
@@ -2506,9 +2565,7 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
             problems.append(f"header says {header.product} {header.version}, manifest {rec.header.product} {rec.header.version}")
         if header.cc != rec.header.cc or header.cc_mask != rec.header.cc_mask:
             problems.append(f"header targets {header.cc}, manifest {rec.header.cc}")
-        if rec.target.cc is None:  # the loader could never match it to a GPU: a label that hides what it is for
-            problems.append(f"GPU target {rec.target.label} without a compute capability")
-        elif header.product == "tensorrt-rtx" and rec.target.cc not in (header.cc or []):
+        if header.product == "tensorrt-rtx" and rec.target.cc not in (header.cc or []):  # cc not null: step 7.7
             problems.append(f"labelled for {rec.target.cc} but built for {header.cc}")
         if not version_matches(header.version, rec.backend.version):
             problems.append(f"built by {rec.backend.name} {rec.backend.version} but the header says {header.version}")
@@ -2579,7 +2636,12 @@ def _walk(top: Path, limits: Limits) -> Tuple[Dict[str, int], Set[str]]:
     while stack:
         rel_dir = stack.pop()
         with os.scandir(os.path.join(str(top), rel_dir) if rel_dir else str(top)) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            # at most the members still allowed, plus one: a directory of ten million entries
+            # must not be listed (and held) whole before the limit can say no
+            entries = list(itertools.islice(it, limits.max_members - count + 1))
+        if count + len(entries) > limits.max_members:
+            raise LimitsError(f"more than {limits.max_members} members (in {rel_dir or '.'})", member=rel_dir or None)
+        entries.sort(key=lambda e: e.name)
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             full = os.path.join(str(top), rel)
@@ -2756,9 +2818,10 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
 # == host check (bundler/verify.py host_report, bundler/cuda.py) ===============================
 
 def _load_libcuda() -> Any:
-    for name in ("libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")):
-        if not name:
-            continue
+    # The driver's sonames only, found by the dynamic loader. Not ctypes.util.find_library: on
+    # Linux it runs ldconfig, then gcc and ld looked up on PATH, so every verification executed
+    # programs that are no part of the verifier (a planted `ld` in any PATH directory ran).
+    for name in ("libcuda.so.1", "libcuda.so"):
         try:
             return ctypes.CDLL(name)
         except OSError:
