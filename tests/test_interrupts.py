@@ -34,7 +34,7 @@ def _session(sid: int) -> List[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        state, session = fields[0], int(fields[4])
+        state, session = fields[0], int(fields[3])  # after the comm: state ppid pgrp session tty_nr
         if session == sid and state != "Z":
             out.append(int(d))
     return out
@@ -50,6 +50,7 @@ def _start(out: Path, keys: dict, *targets: str, jobs: str = "2") -> subprocess.
     first = p.stderr.readline()  # "building ..." once the workers run: builds are under way
     assert first.startswith("building"), first + p.stderr.read()
     time.sleep(0.5)  # into TensorRT's C++ builder, where no Python signal handler runs
+    assert len(_session(p.pid)) >= 2, "the CLI and its build workers are seen in their session"  # the check can fail
     return p
 
 
