@@ -420,20 +420,43 @@ class BundleFiles:
         return read_npz(self.read(rel), rel)
 
 
+def _data_errors() -> Tuple[type, ...]:
+    """What numpy and zipfile raise for bytes that are not a usable array file (each one found by
+    fuzz/targets/npz.py): one LoaderError (exit 3) for all of them, never exit 22."""
+    import struct
+    import tokenize
+    import zipfile
+    import zlib
+
+    return (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, NotImplementedError, MemoryError,
+            OverflowError, SyntaxError, RecursionError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, struct.error)
+
+
 def read_npz(data: bytes, where: str) -> Dict[str, Any]:
     """The arrays of an .npz held in memory (golden data: the bytes read once and checked against
-    the proven digest), loaded with pickling off. fuzz/targets/npz.py fuzzes this function."""
+    the proven digest), loaded with pickling off. bundle-format.md 5.4: a ZIP whose members are
+    stored, not compressed; a compressed member is refused before anything is inflated (1 MB of
+    deflated zeros used to hold 1 GB here). Anything unusable is one LoaderError (exit 3)."""
+    import zipfile
+
     import numpy as np
 
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError("member %s is compressed; golden data is stored uncompressed" % info.filename)
+                if info.flag_bits & 0x1:
+                    raise ValueError("member %s is encrypted" % info.filename)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise LoaderError("%s: not a usable .npz (%s)" % (printable(where), printable(e)), EXIT_INPUT)
+    except _data_errors() as e:
+        raise LoaderError("%s: not a usable .npz (%s: %s)" % (printable(where), type(e).__name__, printable(e)), EXIT_INPUT)
 
 
 def load_input(spec: str) -> Tuple[str, Any]:
-    """``--input NAME=FILE.npy``: the operator's array, loaded with pickling off.
+    """``--input NAME=FILE.npy``: the operator's array, loaded with pickling off; anything
+    unusable (an .npz, which holds several arrays, included) is one LoaderError (exit 3).
     fuzz/targets/npz.py fuzzes this function too."""
     import numpy as np
 
@@ -441,9 +464,15 @@ def load_input(spec: str) -> Tuple[str, Any]:
     if not sep or not name or not file:
         raise LoaderError("--input %s: use NAME=FILE.npy" % printable(spec), EXIT_USAGE)
     try:
-        return name, np.load(file, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise LoaderError("--input %s: cannot read %s (%s)" % (printable(spec), printable(file), printable(e)), EXIT_INPUT)
+        array = np.load(file, allow_pickle=False)
+    except _data_errors() as e:
+        raise LoaderError("--input %s: cannot read %s (%s: %s)" % (printable(spec), printable(file), type(e).__name__, printable(e)), EXIT_INPUT)
+    if not isinstance(array, np.ndarray):
+        close = getattr(array, "close", None)
+        if close is not None:
+            close()
+        raise LoaderError("--input %s: %s holds several arrays (an .npz); give one .npy per input" % (printable(spec), printable(file)), EXIT_INPUT)
+    return name, array
 
 
 def _no_constant(name: str) -> Any:
