@@ -449,7 +449,11 @@ def read_npz(data: bytes, where: str) -> Dict[str, Any]:
                 if info.flag_bits & 0x1:
                     raise ValueError("member %s is encrypted" % info.filename)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
+        for k, v in arrays.items():
+            if not isinstance(v, np.ndarray):  # numpy hands back the raw bytes of a member that is no .npy
+                raise ValueError("member %s is not an .npy array" % k)
+        return arrays
     except _data_errors() as e:
         raise LoaderError("%s: not a usable .npz (%s: %s)" % (printable(where), type(e).__name__, printable(e)), EXIT_INPUT)
 

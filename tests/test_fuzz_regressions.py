@@ -5,8 +5,8 @@ Every file under fuzz/regressions/TARGET/ is an input that once crashed fuzz/tar
 that target's own ``check`` (without atheris), which must return normally. The loader's npz
 findings are also checked end to end, through the real loader on a real cpu-target bundle: one
 clean line and exit 3, where these inputs used to end in exit 22 ("EOFError: No data left in
-file", "BadZipFile", "TokenError", a .npz taken as one array) or, for a deflated member, in a
-gigabyte of memory for a megabyte of input.
+file", "BadZipFile", "TokenError", a .npz taken as one array, a member's raw bytes taken as an
+array) or, for a deflated member, in a gigabyte of memory for a megabyte of input.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def test_input_files_the_fuzzer_found_are_exit_3(cpu_bundle, keys, tmp_path, cas
 
 
 @pytest.mark.parametrize("case", ["deflated-8-MiB-of-zeros.npz", "bad-central-directory.npz", "unsupported-compression.npz",
-                                  "npy-instead-of-npz.npy", "encrypted-member.npz", "compressed-real"])
+                                  "npy-instead-of-npz.npy", "encrypted-member.npz", "member-without-npy-magic.npz",
+                                  "compressed-real"])
 def test_golden_files_the_fuzzer_found_are_exit_3(cpu_bundle, tmp_path, case) -> None:  # noqa: ANN001
     """--no-verify: the golden file is used as found (with verification a changed file is a
     digest failure first, exit 12, and nothing of it is read)."""
