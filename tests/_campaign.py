@@ -236,8 +236,8 @@ class Campaign:
         path.write_bytes(raw)
         raise CampaignFailure(f"{family}: {why}\n  input: {desc}\n  saved as {path}")
 
-    def check(self, family: str, raw: bytes, desc: str, *, signed: Optional[Dict[str, str]] = None,
-              files: Optional[Dict[str, bytes]] = None, cli: Optional[bool] = None, full: bool = True) -> int:
+    def check(self, family: str, raw: bytes, desc: str, *, files: Optional[Dict[str, bytes]] = None,
+              cli: Optional[bool] = None, full: bool = True) -> int:
         """Run ``raw`` through every in-process entry point and the oracle; returns the exit code.
 
         ``files`` (semantic families): the bundle-relative files the mutated bundle was written

@@ -547,10 +547,15 @@ def draw_manifest(data: Any, c: Any) -> Tuple[bytes, str, Dict[str, bytes]]:
     return tar, "manifest: " + "; ".join(descs) + (f"; {how}" if how else ""), signed
 
 
+def _list(value: Any) -> list:
+    """A field that an earlier edit may have made anything at all, as a list."""
+    return value if isinstance(value, list) else []
+
+
 def _benign_manifest(data: Any, m: dict) -> str:
     """A manifest edit that breaks no claim the verifier checks (informational fields, unknown
     keys): once re-signed, such a bundle must still verify."""
-    engines = [e for e in m.get("engines", []) if isinstance(e, dict)]
+    engines = [e for e in _list(m.get("engines")) if isinstance(e, dict)]
     how = data.draw(st.sampled_from(["producer", "created", "host", "duration", "tool", "unknown", "engine-unknown", "reorder-files"]))
     text = data.draw(st.sampled_from(HOSTILE_STRINGS[:40]) | st.text(max_size=20))
     if how == "producer" and isinstance(m.get("model"), dict):
