@@ -24,6 +24,21 @@ FUZZ = REPO / "fuzz"
 FUZZ_KEY = FUZZ / "keys" / "fuzz.pub"  # trusted by the tar target; its private key was thrown away
 
 
+class MemFile:
+    """A file that lives in memory and dies with the process (``memfd_create``), reachable by a
+    path (``/proc/self/fd/N``) for the functions that take one. libFuzzer ends the process with
+    exit(), so a temporary file or directory would be left behind after every run."""
+
+    def __init__(self, name: str) -> None:
+        self.fd = os.memfd_create(name)
+        self.path = Path(f"/proc/self/fd/{self.fd}")
+
+    def write(self, data: bytes) -> Path:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        return self.path
+
+
 class Figures:
     """Inputs tried, accepted and refused, the slowest input and the peak RSS, written to
     ``$FUZZ_FIGURES`` once a second, and after every input in the last two seconds of a run with

@@ -11,11 +11,9 @@ and so is an allocation the input's own size does not back (libFuzzer's -rss_lim
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
-from _common import main
+from _common import MemFile, main
 
 _state: dict = {}
 
@@ -26,7 +24,7 @@ def check(data: bytes) -> bool:
     from runtime_stub import loader as L
 
     if not _state:
-        _state["path"] = os.path.join(tempfile.mkdtemp(prefix="fuzz-npz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None), "x.npy")
+        _state["file"] = MemFile("x.npy")
     accepted = False
     try:
         arrays = L.read_npz(data, "golden/inputs.npz")
@@ -35,10 +33,9 @@ def check(data: bytes) -> bool:
         accepted = True
     except L.LoaderError:
         pass
-    with open(_state["path"], "wb") as f:
-        f.write(data)
+    path = _state["file"].write(data)
     try:
-        name, array = L.load_input("x=" + _state["path"])
+        name, array = L.load_input(f"x={path}")
         if not isinstance(array, np.ndarray):
             raise AssertionError(f"--input gave a {type(array).__name__}, not an array")
         accepted = True

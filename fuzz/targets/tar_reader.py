@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any, Tuple
 
-from _common import FUZZ_KEY, main
+from _common import FUZZ_KEY, MemFile, main
 
 _state: dict = {}
 
@@ -38,8 +35,7 @@ def _setup() -> None:
         _state["V"] = V
         _state["trust"] = V.load_trust([FUZZ_KEY])
         _state["ecdsa"] = EcdsaChecker()
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        _state["dir"] = tempfile.mkdtemp(prefix="fuzz-tar-", dir=shm)
+        _state["file"] = MemFile("bundle.tar")
 
 
 def _reader_view(V: Any, f: Any) -> Tuple[Any, ...]:
@@ -63,14 +59,12 @@ def check(data: bytes) -> bool:
     _setup()
     V = _state["V"]
     plain = _reader_view(V, io.BytesIO(data))
-    path = os.path.join(_state["dir"], "bundle.tar")
-    with open(path, "wb") as f:
-        f.write(data)
+    path = _state["file"].write(data)
     with open(path, "rb", buffering=0) as f:
         mapped = _reader_view(V, f)
     if plain != mapped:
         raise AssertionError(f"plain and mapped reads disagree:\n  {plain[:1]} {plain[2:]}\n  {mapped[:1]} {mapped[2:]}")
-    rep = V.verify_bundle(Path(path), _state["trust"], threaded=False, ecdsa=_state["ecdsa"])
+    rep = V.verify_bundle(path, _state["trust"], threaded=False, ecdsa=_state["ecdsa"])
     if rep.exit_code not in (0, 10, 11, 12, 13, 14, 15, 16):
         raise AssertionError(f"exit code {rep.exit_code}")
     if rep.ok and plain[0] != "end":
