@@ -66,7 +66,7 @@ from runtime_stub.verify import (
 from . import __version__
 from .archive import Limits
 from .errors import BundleError, ExitCode, InputError, OutputError
-from .fsutil import make_workfile, remove_stale
+from .fsutil import fsync_dir, make_workfile, remove_stale
 from .verify import VerifyReport, verify_bundle
 
 AUDIT_FORMAT = "trt-bundler-audit/1"
@@ -825,7 +825,6 @@ def publish_report(report: AuditReport, *, json_path: Optional[Path] = None, htm
     nothing: every file is staged and synced under a temporary name first, then linked into
     place without replacing anything; if any step fails or is interrupted, the files already
     linked are removed again. Returns the paths written."""
-    from .ledger import _fsync_dir
     from .seal import _publish
 
     outputs: List[Tuple[Path, bytes]] = []
@@ -848,7 +847,7 @@ def publish_report(report: AuditReport, *, json_path: Optional[Path] = None, htm
                 raise OutputError(f"{final}: cannot write ({e.strerror or e})") from None
             published.append(final)
         for d in {final.parent for _, final in staged}:
-            _fsync_dir(d)
+            fsync_dir(d)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import ledger as _ledger
 from .archive import BLOCK, CHUNK, RECORD, AsyncSha256, Limits, StrictTarReader, member_header
 from .errors import ArchiveError, InputError, OutputError, error_for_code
-from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
 from .signing import (
     PAYLOAD_TYPE,
     SIGNATURES_DIR,
@@ -176,7 +176,7 @@ def sign_bundle(
                 signature_sha256=hashlib.sha256(new_sig).hexdigest(), extends=head, expires=expires)
         if in_place:
             os.replace(tmp, bundle)  # atomic: the old bundle or the new one, never a mix
-            _fsync_dir(directory)
+            fsync_dir(directory)
         else:
             from .seal import _publish  # link(2): never replaces a file that appeared meanwhile
 
@@ -199,18 +199,6 @@ def _identity(path: Path) -> Tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (best effort: not every file system allows it)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def _scan(bundle: Path, limits: Limits, verified_sha256: str) -> Tuple[List[_Span], int, int]:

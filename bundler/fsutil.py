@@ -32,6 +32,21 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable. Best effort: FUSE and some file systems refuse a
+    directory fsync, and the rename itself has happened either way."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
 def make_workdir(parent: Path, prefix: str) -> Path:
     """A private (0700) temporary directory named ``PREFIX<pid>-XXXX`` under ``parent``.
 

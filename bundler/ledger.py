@@ -42,6 +42,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
 
 from . import __version__
 from .errors import InputError, OutputError
+from .fsutil import fsync_dir
 
 LEDGER_ENV = "BUNDLE_LEDGER"
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -70,17 +71,6 @@ def _who() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else ""
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def init_ledger(path: Path) -> LedgerHead:
@@ -110,7 +100,7 @@ def init_ledger(path: Path) -> LedgerHead:
         if isinstance(e, OSError):
             raise OutputError(f"{path}: cannot write the ledger ({e.strerror or e})") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return LedgerHead(entry["ledger"], 0, ledger_hash(line))
 
 

@@ -38,8 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from runtime_stub.verify import PartsError, part_index_for
 
 from .errors import InputError, MediaError, OutputError
-from .fsutil import rename_noreplace
-from .parts import FAT32_MAX_FILE, _fsync_dir, _read_full, read_back_sha256, read_index_unverified
+from .fsutil import fsync_dir, rename_noreplace
+from .parts import FAT32_MAX_FILE, _read_full, read_back_sha256, read_index_unverified
 
 MOUNTINFO_ENV = "BUNDLE_MOUNTINFO"  # test seam: read this file instead of /proc/self/mountinfo (docs/testing.md)
 STOP_ENV = "BUNDLE_COPY_TEST_STOP"  # test hook: SIGSTOP self after this many journal checkpoints
@@ -398,9 +398,9 @@ def _copy_one(item: CopyItem, tick: Callable[[int], None]) -> CopiedFile:
         raise PartsError(f"{item.what} ({item.src}) does not match its part index (SHA-256 {digest[:16]}...); it is "
                          "damaged at the source: split the bundle again. Nothing of it was copied", member=item.src.name)
     try:
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         rename_noreplace(partial, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         back = read_back_sha256(final, tick)
     except OSError as e:
         raise OutputError(f"{final}: cannot write ({e.strerror or e})") from None

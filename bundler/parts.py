@@ -48,7 +48,7 @@ from runtime_stub.verify import MAX_PART_INDEX_SIZE, PartsError
 
 from .archive import BLOCK, CHUNK, AsyncSha256, Limits
 from .errors import ArchiveError, InputError, OutputError, error_for_code
-from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
 from .signing import TrustedKey, key_id, sign_statement
 from .verify import verify_bundle
 
@@ -108,18 +108,6 @@ def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
         view = view[os.write(fd, view):]
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (best effort: FUSE and some file systems refuse a directory fsync)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def index_statement(subject: str, sha256: str, doc: PartIndexDoc) -> bytes:
@@ -208,7 +196,7 @@ def split_bundle(
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         from .seal import _publish  # link(2) or renameat2(NOREPLACE): never replaces a file
 
         for tmp, name, rec in zip(temps, names + [index_name], records + [None]):
@@ -217,7 +205,7 @@ def split_bundle(
                 continue
             _publish(tmp, out_dir / name)
             published.append(out_dir / name)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except OSError as e:
         _undo(temps, published, made)
         raise OutputError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
@@ -367,11 +355,11 @@ def join_parts(
         final = out_dir / report.parts.bundle
         if read_back_sha256(tmp) != report.sha256:
             raise OutputError(f"{tmp}: reads back different bytes than were written and verified; the disk is failing?")
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         from .seal import _publish
 
         _publish(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         remove_made_dirs(made)
