@@ -66,7 +66,7 @@ from runtime_stub.verify import (
 from . import __version__
 from .archive import Limits
 from .errors import BundleError, ExitCode, InputError, OutputError
-from .fsutil import fsync_dir, make_workfile, remove_stale
+from .fsutil import fsync_dir, make_workfile, remove_stale, write_all
 from .verify import VerifyReport, verify_bundle
 
 AUDIT_FORMAT = "trt-bundler-audit/1"
@@ -804,9 +804,7 @@ def _stage(final: Path, data: bytes) -> Path:
         raise OutputError(f"{final}: cannot write there ({e.strerror or e})") from None
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fchmod(fd, 0o644)
             os.fsync(fd)
         finally:

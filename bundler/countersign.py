@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import ledger as _ledger
 from .archive import BLOCK, CHUNK, RECORD, AsyncSha256, Limits, StrictTarReader, member_header
 from .errors import ArchiveError, InputError, OutputError, error_for_code
-from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale, removed_on_failure
 from .signing import (
     PAYLOAD_TYPE,
     SIGNATURES_DIR,
@@ -159,7 +159,7 @@ def sign_bundle(
     except OSError as e:
         remove_made_dirs(made)
         raise OutputError(f"{directory}: cannot write the bundle there ({e.strerror})") from None
-    try:
+    with removed_on_failure(tmp, made, final):
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
             digest = _write(bundle, fd, spans, at, new_member, payload_start, end_marker, report.sha256)
@@ -181,14 +181,6 @@ def sign_bundle(
             from .seal import _publish  # link(2): never replaces a file that appeared meanwhile
 
             _publish(tmp, final)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)
-        raise OutputError(f"{e.filename or final}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)
-        raise
     names = [s.rel for s in sigs]
     names.insert(sum(1 for s in spans[:at] if not s.is_dir), sig_rel)
     return SignResult(final, digest, report.content_digest, kid, sig_rel, expires, tuple(names), entry)

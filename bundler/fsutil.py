@@ -7,7 +7,8 @@ import ctypes.util
 import os
 import stat
 from pathlib import Path
-from typing import Callable, List, Tuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 from .errors import OutputError
 
@@ -30,6 +31,31 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if dst.exists():
         raise OutputError(f"{dst}: already exists; not overwritten")
     os.rename(src, dst)
+
+
+def write_all(fd: int, data: Union[bytes, memoryview]) -> None:
+    """All of ``data`` to ``fd``: os.write may write less than asked (a pipe, a signal, a full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@contextmanager
+def removed_on_failure(tmp: Path, made: List[Path], where: Optional[Path] = None) -> Iterator[None]:
+    """Run the block that writes ``tmp`` and publishes it; if anything fails or interrupts it,
+    remove ``tmp`` and the directories this run ``made`` (nothing half-written stays, under any
+    name). An OSError becomes one `OutputError` line naming the file (or ``where``); anything
+    else (a bundle error, Ctrl-C, SIGTERM) propagates unchanged after the cleanup."""
+    try:
+        yield
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)
+        raise OutputError(f"{e.filename or where or tmp}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        remove_made_dirs(made)
+        raise
 
 
 def fsync_dir(directory: Path) -> None:

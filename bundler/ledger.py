@@ -42,7 +42,7 @@ from runtime_stub.verify import (  # noqa: F401 - re-exported: the library's nam
 
 from . import __version__
 from .errors import InputError, OutputError
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, write_all
 
 LEDGER_ENV = "BUNDLE_LEDGER"
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -90,7 +90,7 @@ def init_ledger(path: Path) -> LedgerHead:
         raise OutputError(f"{path}: cannot create the ledger ({e.strerror or e})") from None
     try:
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
             os.fchmod(fd, 0o644)  # readable by auditors whatever the umask; appended to by the release account
             os.fsync(fd)
         finally:
@@ -102,12 +102,6 @@ def init_ledger(path: Path) -> LedgerHead:
         raise
     fsync_dir(path.parent)
     return LedgerHead(entry["ledger"], 0, ledger_hash(line))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 @contextlib.contextmanager
@@ -206,7 +200,7 @@ def record_signing(path: Path, *, event: str, key_id: str, name: str, version: s
         line = ledger_line(entry)
         size = os.fstat(fd).st_size
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
             os.fsync(fd)
         except OSError as e:
             try:

@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from runtime_stub.verify import PartsError, part_index_for
 
 from .errors import InputError, MediaError, OutputError
-from .fsutil import fsync_dir, rename_noreplace
+from .fsutil import fsync_dir, rename_noreplace, write_all
 from .parts import FAT32_MAX_FILE, _read_full, read_back_sha256, read_index_unverified
 
 MOUNTINFO_ENV = "BUNDLE_MOUNTINFO"  # test seam: read this file instead of /proc/self/mountinfo (docs/testing.md)
@@ -367,9 +367,7 @@ def _copy_one(item: CopyItem, tick: Callable[[int], None]) -> CopiedFile:
                     if not block:
                         break
                     whole.update(block)
-                    view = memoryview(block)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, block)
                     pending.append(hashlib.sha256(block).hexdigest())
                     tick(len(block))
                     if len(pending) >= CHECKPOINT_BLOCKS:

@@ -48,7 +48,7 @@ from runtime_stub.verify import MAX_PART_INDEX_SIZE, PartsError
 
 from .archive import BLOCK, CHUNK, AsyncSha256, Limits
 from .errors import ArchiveError, InputError, OutputError, error_for_code
-from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale, removed_on_failure, write_all
 from .signing import TrustedKey, key_id, sign_statement
 from .verify import verify_bundle
 
@@ -100,12 +100,6 @@ def _read_full(f, n: int) -> bytes:  # noqa: ANN001 - a binary file
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
-
-
-def _write_all(fd: int, data: Union[bytes, memoryview]) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 
@@ -192,7 +186,7 @@ def split_bundle(
         temps.append(tmp)
         try:
             os.fchmod(fd, 0o644)
-            _write_all(fd, sign_statement(statement, key))
+            write_all(fd, sign_statement(statement, key))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -263,7 +257,7 @@ def _write_parts(bundle: Path, out_dir: Path, prefix: str, names: List[str], par
                     whole.update(chunk)
                     part.update(chunk)
                     marks.feed(chunk, len(chunk))
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                     left -= len(chunk)
                     done += len(chunk)
                     if progress is not None:
@@ -334,11 +328,11 @@ def join_parts(
 
     def write(view: memoryview) -> None:
         try:
-            _write_all(fd, view)
+            write_all(fd, view)
         except OSError as e:  # a disk-full here is about this host, not the parts: never a "read error"
             raise OutputError(f"{tmp}: cannot write ({e.strerror or e})") from None
 
-    try:
+    with removed_on_failure(tmp, made, out_dir):
         try:
             os.fchmod(fd, 0o644)
             report = verify_bundle(index, trusted, limits=limits, allow_expired=allow_expired, progress=progress,
@@ -360,14 +354,6 @@ def join_parts(
 
         _publish(tmp, final)
         fsync_dir(out_dir)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)
-        raise OutputError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)
-        raise
     return JoinResult(final, report)
 
 

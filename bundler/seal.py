@@ -23,7 +23,7 @@ from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_na
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
-from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale, removed_on_failure
 from .manifest import (
     MANIFEST,
     RUNTIME_DIR,
@@ -274,7 +274,7 @@ def seal(
     except OSError as e:
         remove_made_dirs(made)
         raise OutputError(f"{out_dir}: cannot write the bundle there ({e.strerror})") from None
-    try:
+    with removed_on_failure(tmp, made, final):  # a failed seal leaves no --out it made either
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a bundle is meant to be copied and shared
         try:
             out = DirectFile(fd)  # large aligned writes skip the page cache (docs/performance.md)
@@ -308,14 +308,6 @@ def seal(
                 content_digest=subject_digest(resources_), signature=f"{SIGNATURES_DIR}/{kid}.sig",
                 signature_sha256=hashlib.sha256(signature).hexdigest(), extends=head, expires=expires)
         _publish(tmp, final)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)
-        raise OutputError(f"{e.filename or final}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        remove_made_dirs(made)  # a failed seal leaves no --out it made either
-        raise
     return SealResult(final, digest, kid, manifest, expires, entry)
 
 
