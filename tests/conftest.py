@@ -52,6 +52,23 @@ def run_bundle(*args: object, cwd: Optional[Path] = None, env: Optional[dict] = 
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+def session_processes(sid: int) -> List[int]:
+    """Live (not zombie) processes of session ``sid`` (a command started with
+    ``start_new_session=True`` has its pid as session id): what must be gone after a signal."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # after the comm: state ppid pgrp session tty_nr
+            out.append(int(d))
+    return out
+
+
 def make_conv_model(path: Path, *, dynamic_batch: bool = True, hw: int = 16) -> Path:
     """A small Conv-Relu-Add model made by the tests themselves."""
     rng = np.random.default_rng(1)

@@ -24,27 +24,13 @@ from typing import List, Optional
 
 import pytest
 
-from conftest import REPO, SAMPLE, Result, make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle
+from conftest import REPO, Result, SAMPLE, make_conv_model, make_unbuildable_model, onnx_light_model, run_bundle, session_processes
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 NODE_RE = re.compile(r" on (\S+/[0-9a-f]{8})")
 SHAPE = "x:1x3x16x16:2x3x16x16:4x3x16x16"
 
 
-def _session(sid: int) -> List[int]:
-    """Live (not zombie) processes of session ``sid``."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # state ppid pgrp session
-            out.append(int(d))
-    return out
 
 
 def _cmdline(pid: int) -> str:
@@ -109,17 +95,17 @@ class Cluster:
         return self._start("--address", self.address)
 
     def processes(self) -> List[int]:
-        return [p for s in self.sessions for p in _session(s)]
+        return [p for s in self.sessions for p in session_processes(s)]
 
     def node_id(self, sid: int) -> str:
-        for pid in _session(sid):
+        for pid in session_processes(sid):
             m = re.search(r"--node_id=([0-9a-f]+)", _cmdline(pid))
             if m and "raylet" in _cmdline(pid).split(" ")[0]:
                 return m.group(1)
         raise AssertionError(f"no raylet in session {sid}")
 
     def kill_session(self, sid: int, only: Optional[str] = None) -> None:
-        for pid in _session(sid):
+        for pid in session_processes(sid):
             if only is None or only in _cmdline(pid).split(" ")[0]:
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -18,26 +18,11 @@ from typing import List
 
 import pytest
 
-from conftest import make_conv_model, onnx_light_model, run_bundle
+from conftest import make_conv_model, onnx_light_model, run_bundle, session_processes
 
 SIX = [a for t in ("sm_75", "sm_80", "sm_86", "sm_89", "sm_120", "sm_121") for a in ("--target", t)]
 
 
-def _session(sid: int) -> List[int]:
-    """Live (not zombie) processes of session ``sid``, the leader excluded once it is reaped."""
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])  # after the comm: state ppid pgrp session tty_nr
-        if session == sid and state != "Z":
-            out.append(int(d))
-    return out
 
 
 def _start(out: Path, keys: dict, *targets: str, jobs: str = "2") -> subprocess.Popen:
@@ -50,18 +35,18 @@ def _start(out: Path, keys: dict, *targets: str, jobs: str = "2") -> subprocess.
     first = p.stderr.readline()  # "building ..." once the workers run: builds are under way
     assert first.startswith("building"), first + p.stderr.read()
     time.sleep(0.5)  # into TensorRT's C++ builder, where no Python signal handler runs
-    assert len(_session(p.pid)) >= 2, "the CLI and its build workers are seen in their session"  # the check can fail
+    assert len(session_processes(p.pid)) >= 2, "the CLI and its build workers are seen in their session"  # the check can fail
     return p
 
 
 def _wait_gone(sid: int, seconds: float) -> List[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        left = _session(sid)
+        left = session_processes(sid)
         if not left:
             return []
         time.sleep(0.05)
-    return _session(sid)
+    return session_processes(sid)
 
 
 def _leftovers(out: Path) -> List[str]:
