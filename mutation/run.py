@@ -75,11 +75,23 @@ def function_rows(path: Path, names: tuple) -> list:
 
 
 def prepare(work: Path, env: dict) -> Path:
-    """A private worktree at HEAD, and the cached keys and bundle the case tables start from."""
+    """A private worktree at this checkout's HEAD, and the cached keys and bundle the case tables
+    start from. A session, corpus or cache made for another commit is thrown away: mutants are
+    positions in one version of the file."""
     repo = work / "repo"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
     if not repo.exists():
-        sh("git", "worktree", "add", "--detach", str(repo), "HEAD", cwd=REPO, env=env)
-    else:  # a run stopped half-way leaves its mutant on disk; the session resumes where it was
+        sh("git", "worktree", "add", "--detach", str(repo), head, cwd=REPO, env=env)
+    mark = work / "commit"
+    if not mark.exists() or mark.read_text() != head:
+        sh("git", "checkout", "--force", "--detach", head, cwd=repo, env=env)
+        for stale in ("corpus.json", "verify.sqlite", "loader.sqlite"):
+            (work / stale).unlink(missing_ok=True)
+        shutil.rmtree(work / "corpus", ignore_errors=True)
+        shutil.rmtree(work / "cache", ignore_errors=True)
+        mark.write_text(head)
+    else:  # a cosmic-ray run stopped half-way leaves its mutant on disk
         sh("git", "checkout", "--", "runtime_stub", cwd=repo, env=env)
     return repo
 
@@ -194,6 +206,9 @@ def main() -> int:
     ap.add_argument("what", choices=["verify", "loader", "report"])
     ap.add_argument("module", nargs="?", choices=["verify", "loader"])
     ap.add_argument("--work", type=Path, default=REPO / ".mutation")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (verify only)")
+    ap.add_argument("--survivors", action="store_true",
+                    help="test again the mutants that survived (after cases were added; verify only)")
     args = ap.parse_args()
     work = args.work.resolve()
     if args.what == "report":
@@ -215,7 +230,12 @@ def main() -> int:
         scope(session, rows)
         sh("cosmic-ray", "baseline", str(cfg), cwd=repo, env=env)
     t0 = time.time()
-    sh("cosmic-ray", "exec", str(cfg), str(session), cwd=repo, env=env)
+    if module == "verify":  # forked children of one warm process: see mutation/fast.py
+        sh(sys.executable, str(REPO / "mutation" / "fast.py"), str(session), str(corpus),
+           str(repo / "runtime_stub" / "verify.py"), "--jobs", str(args.jobs),
+           *(["--survivors"] if args.survivors else []), cwd=repo, env=env)
+    else:
+        sh("cosmic-ray", "exec", str(cfg), str(session), cwd=repo, env=env)
     doc = report(work, module)
     print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}), f"{time.time() - t0:.0f} s")
     shutil.rmtree(work / "corpus" / "_tmp", ignore_errors=True)
