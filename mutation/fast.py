@@ -29,9 +29,9 @@ import types
 from pathlib import Path
 
 
-def run_cases(module: types.ModuleType, corpus: dict, ecdsa) -> int:  # noqa: ANN001
+def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize) -> int:  # noqa: ANN001
     """mutation/oracle.py's loop, against an already-compiled module: 0 when every case gives its
-    expected code and message, else 1."""
+    expected code and message (tests/data/verifier-messages.json), else 1."""
     trust = module.load_trust(corpus["trust"])
     for case in corpus["cases"]:
         report = module.verify_bundle(Path(case["target"]), trust, ecdsa=ecdsa)
@@ -39,16 +39,10 @@ def run_cases(module: types.ModuleType, corpus: dict, ecdsa) -> int:  # noqa: AN
         if ok and case["code"]:
             ok = report.error is not None and report.error.code == case["code"] and bool(report.error.message)
             if ok and case.get("message") is not None:
-                ok = normalize(report.error.message, case["target"]) == case["message"]
+                ok = normalize(report.error.message, Path(case["target"])) == case["message"]
         if not ok:
             return 1
     return 0
-
-
-def normalize(message: str, target: str) -> str:
-    """What the message tables compare: the case's own path replaced (tmp directories differ
-    between runs). Kept identical to tests/test_verifier_cases.py's `_normal`."""
-    return message.replace(str(Path(target).parent), "<case>")
 
 
 class Positions:
@@ -92,13 +86,13 @@ class Positions:
         return self.tree.get_code()
 
 
-def child(source: str, path: str, corpus: dict, ecdsa) -> int:  # noqa: ANN001
+def child(source: str, path: str, corpus: dict, ecdsa, normalize) -> int:  # noqa: ANN001
     module = types.ModuleType("runtime_stub.verify")
     module.__file__ = path
     sys.modules["runtime_stub.verify"] = module
     try:
         exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the mutant under test
-        return run_cases(module, corpus, ecdsa)
+        return run_cases(module, corpus, ecdsa, normalize)
     except BaseException:  # noqa: BLE001 - any escape is a change the cases noticed
         return 1
 
@@ -120,7 +114,9 @@ def main() -> int:
     corpus = json.loads(args.corpus.read_text())
     corpus["cases"].sort(key=lambda c: c["id"] != "good-bundle")  # most mutants die on it
     sys.path.insert(0, corpus["repo"])
+    sys.path.insert(0, str(Path(corpus["repo"]) / "tests"))
     from bundler.signing import ecdsa_fast  # the P-256 arithmetic is not under mutation here
+    from test_verifier_cases import normal_message  # the suite's own masking of varying parts
 
     original = args.module.read_text()
     positions = Positions(original)
@@ -172,7 +168,7 @@ def main() -> int:
                 try:
                     os.setpgid(0, 0)
                     source = positions.mutant_source(operator, m.occurrence)
-                    code = 3 if source is None else child(source, str(args.module), corpus, ecdsa_fast)
+                    code = 3 if source is None else child(source, str(args.module), corpus, ecdsa_fast, normal_message)
                 finally:
                     os._exit(code)
             running[pid] = (item.job_id, time.monotonic())

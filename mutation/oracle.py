@@ -4,7 +4,7 @@
 
 The corpus (written by mutation/run.py from tests/test_verifier_cases.py's tables) lists hostile
 and good bundles with the exit code the test suite expects for each. Exit 0 when every case gives
-its code, 1 at the first one that does not (printed). cosmic-ray runs this once per mutant of
+its code and message, 1 at the first one that does not (printed). cosmic-ray runs this once per mutant of
 runtime_stub/verify.py: a mutant that leaves every case's code unchanged "survived".
 """
 
@@ -16,8 +16,10 @@ from pathlib import Path
 def main() -> int:
     corpus = json.loads(Path(sys.argv[1]).read_text())
     sys.path.insert(0, corpus["repo"])
+    sys.path.insert(0, str(Path(corpus["repo"]) / "tests"))
     from runtime_stub import verify as shared
     from bundler.signing import ecdsa_fast  # the P-256 arithmetic is not under mutation here
+    from test_verifier_cases import normal_message
 
     trust = shared.load_trust(corpus["trust"])
     cases = sorted(corpus["cases"], key=lambda c: c["id"] != "good-bundle")  # most mutants die on it
@@ -26,6 +28,8 @@ def main() -> int:
         ok = report.exit_code == case["code"] and report.ok is (case["code"] == 0)
         if ok and case["code"]:
             ok = report.error is not None and report.error.code == case["code"] and bool(report.error.message)
+            if ok and case.get("message") is not None:
+                ok = normal_message(report.error.message, Path(case["target"])) == case["message"]
         if not ok:
             print(f"{case['id']}: expected {case['code']}, got {report.exit_code} ({report.error})")
             return 1

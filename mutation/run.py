@@ -28,6 +28,7 @@ and every survivor with its line, operator and source), which `report` rewrites.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -75,24 +76,28 @@ def function_rows(path: Path, names: tuple) -> list:
 
 
 def prepare(work: Path, env: dict) -> Path:
-    """A private worktree at this checkout's HEAD, and the cached keys and bundle the case tables
-    start from. A session, corpus or cache made for another commit is thrown away: mutants are
-    positions in one version of the file."""
+    """A private worktree at this checkout's HEAD (the module under test and the case tables)."""
     repo = work / "repo"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, env=env, check=True, capture_output=True,
                           text=True).stdout.strip()
     if not repo.exists():
         sh("git", "worktree", "add", "--detach", str(repo), head, cwd=REPO, env=env)
-    mark = work / "commit"
-    if not mark.exists() or mark.read_text() != head:
-        sh("git", "checkout", "--force", "--detach", head, cwd=repo, env=env)
-        for stale in ("corpus.json", "verify.sqlite", "loader.sqlite"):
+    sh("git", "checkout", "--force", "--detach", head, cwd=repo, env=env)
+    # Mutants are positions in one version of the module: a session made for other bytes is
+    # thrown away. The corpus (the cases and their expected codes) is rebuilt for every commit, so
+    # `--survivors` after new cases were added tests the survivors against the new tables.
+    digest = hashlib.sha256((repo / "runtime_stub" / "verify.py").read_bytes()).hexdigest()
+    mark = work / "verify.sha256"
+    if not mark.exists() or mark.read_text() != digest:
+        for stale in ("verify.sqlite", "verify.toml"):
             (work / stale).unlink(missing_ok=True)
+        shutil.rmtree(work / "cache", ignore_errors=True)  # keys and the good bundle, made by that code
+        mark.write_text(digest)
+    made = work / "corpus.commit"
+    if not made.exists() or made.read_text() != head:
+        (work / "corpus.json").unlink(missing_ok=True)
         shutil.rmtree(work / "corpus", ignore_errors=True)
-        shutil.rmtree(work / "cache", ignore_errors=True)
-        mark.write_text(head)
-    else:  # a cosmic-ray run stopped half-way leaves its mutant on disk
-        sh("git", "checkout", "--", "runtime_stub", cwd=repo, env=env)
+        made.write_text(head)
     return repo
 
 
@@ -124,7 +129,9 @@ cases = dict(tc.TABLE); cases.update(tc.generated_cases(good))
 items = []
 for i, (case, (build, code)) in enumerate(sorted(cases.items())):
     d = out / str(i); d.mkdir(parents=True)
-    items.append({{"id": case, "target": str(build(good, d, ctx)), "code": code}})
+    target = build(good, d, ctx)
+    message = None if case.startswith("cut/") or not code else tc.expected_messages()[tc.normal_case_id(case)]
+    items.append({{"id": case, "target": str(target), "code": code, "message": message}})
 doc = {{"repo": {str(repo)!r}, "trust": [str(keys["release"]["pub"])], "cases": items}}
 Path({str(corpus)!r}).write_text(json.dumps(doc, indent=1))
 print(len(items), "cases")

@@ -14,6 +14,9 @@ and the good bundle itself.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -118,19 +121,63 @@ def ctx(tiny_bundle, keys, tmp_path_factory) -> dict:  # noqa: ANN001
     return {"keys": keys, "extracted": dest, "trust": shared.load_trust([str(keys["release"]["pub"])])}
 
 
-def _check(target: Path, code: int, trust: dict) -> None:
+# Every refusal's message, as users read it, per case (tests/data/verifier-messages.json).
+# Besides the exit code, each case pins its one-line message: a change that keeps the class but
+# names the wrong member, miscounts "(and N more)" or drops a reason is a bug users see. What
+# differs between test sessions is masked: the case's own directory, key ids and other long hex,
+# and byte counts and offsets (the signature's DER length moves them). `UPDATE_MESSAGES=1` rewrites
+# the file from the current code; review its diff like code.
+MESSAGES = Path(__file__).parent / "data" / "verifier-messages.json"
+_HEX = re.compile(r"[0-9a-f]{16,}")
+_BYTES = re.compile(r"\b\d+ bytes\b|\bat byte \d+|\bends at byte \d+")
+
+
+def normal_message(message: str, target: Path) -> str:
+    """A refusal message with what varies between sessions masked (mutation/fast.py uses this)."""
+    out = message.replace(str(Path(target).parent), "<case>")
+    out = _BYTES.sub(lambda m: re.sub(r"\d+", "N", m.group(0)), out)
+    return _HEX.sub("<hex>", out)
+
+
+def normal_case_id(case: str) -> str:
+    return _HEX.sub("<hex>", case)
+
+
+def expected_messages() -> Dict[str, str]:
+    return json.loads(MESSAGES.read_text()) if MESSAGES.is_file() else {}
+
+
+def _check(target: Path, code: int, trust: dict, case: str = "") -> None:
     report = shared.verify_bundle(target, trust)
     got = report.exit_code
     assert got == code, f"expected {code}, got {got}: {report.error}"
     assert report.ok is (code == 0)
     if code:
         assert report.error is not None and report.error.code == code and report.error.message
+        if case and not case.startswith("cut/"):  # cut cases are named by block numbers, which vary
+            _check_message(normal_case_id(case), normal_message(report.error.message, target))
+
+
+_UPDATED: Dict[str, str] = {}
+
+
+def _check_message(case: str, message: str) -> None:
+    if os.environ.get("UPDATE_MESSAGES"):
+        _UPDATED[case] = message
+        old = expected_messages()
+        old.update(_UPDATED)
+        MESSAGES.parent.mkdir(exist_ok=True)
+        MESSAGES.write_text(json.dumps(dict(sorted(old.items())), indent=1) + "\n")
+        return
+    want = expected_messages().get(case)
+    assert want is not None, f"{case}: no expected message in {MESSAGES.name} (UPDATE_MESSAGES=1 adds it)"
+    assert message == want
 
 
 @pytest.mark.parametrize("case", sorted(TABLE))
 def test_case(case, tiny_bundle, ctx, tmp_path):  # noqa: ANN001
     build, code = TABLE[case]
-    _check(build(tiny_bundle, tmp_path, ctx), code, ctx["trust"])
+    _check(build(tiny_bundle, tmp_path, ctx), code, ctx["trust"], case)
 
 
 def generated_cases(good: Path) -> Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]]:
@@ -166,6 +213,6 @@ def test_generated_cases(tiny_bundle, ctx, tmp_path):  # noqa: ANN001
         work = tmp_path / str(i)
         work.mkdir()
         try:
-            _check(build(tiny_bundle, work, ctx), code, ctx["trust"])
+            _check(build(tiny_bundle, work, ctx), code, ctx["trust"], case)
         except AssertionError as e:
             raise AssertionError(f"{case}: {e}") from None
