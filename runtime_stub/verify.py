@@ -2564,7 +2564,7 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
         if header.product != rec.header.product or header.version != rec.header.version:
             problems.append(f"header says {header.product} {header.version}, manifest {rec.header.product} {rec.header.version}")
         if header.cc != rec.header.cc or header.cc_mask != rec.header.cc_mask:
-            problems.append(f"header targets {header.cc}, manifest {rec.header.cc}")
+            problems.append(f"header targets {header.cc} (mask {header.cc_mask}), manifest {rec.header.cc} (mask {rec.header.cc_mask})")
         if header.product == "tensorrt-rtx" and rec.target.cc not in (header.cc or []):  # cc not null: step 7.7
             problems.append(f"labelled for {rec.target.cc} but built for {header.cc}")
         if not version_matches(header.version, rec.backend.version):

@@ -68,7 +68,7 @@ CASES: Dict[str, Tuple[Callable[[Bundle, Path], Bundle], int, str]] = {
         _engine_bytes(lambda d: d.__setitem__(slice(24, 28), bytes([1, 7, 0, 0]))), 16,
         "header says tensorrt-rtx 1.7.0.0, manifest tensorrt-rtx 1.7.1.116"),
     "engine-header-names-another-compute-capability": (
-        _engine_bytes(lambda d: struct.pack_into("<Q", d, 32, 0x08)), 16, "header targets ['8.9'], manifest ['8.6']"),
+        _engine_bytes(lambda d: struct.pack_into("<Q", d, 32, 0x08)), 16, "header targets ['8.9'] (mask 8), manifest ['8.6'] (mask 4)"),
     "engine-header-names-another-product": (
         _engine_bytes(lambda d: d.__setitem__(slice(0, 4), b"ftrt")), 16, "header says tensorrt "),
     "record-names-another-runtime-version": (

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 import test_stdlib_verifier as sv
+from _edge_cases import BOTH_KEYS, EDGES
 from runtime_stub import verify as shared
 
 def _tar_case(make: Callable[[Path, Path], None]) -> Callable[[Path, Path, dict], Path]:
@@ -105,6 +106,12 @@ TABLE.update({f"tar/{k}": (_tar_case(make), code) for k, (make, code) in sv.TAR_
 TABLE.update({f"dir/{k}": (_dir_case(make), code) for k, (make, code) in sv.DIR_CASES.items()})
 TABLE.update({f"resigned/{k}": (_resigned_case(kw), code) for k, kw, code in _resigned_params()})
 TABLE.update({"zeros/at-the-allowance": (_zeros(0), 0), "zeros/one-byte-over": (_zeros(1), 10)})
+TABLE.update({f"edge/{k}": v for k, v in EDGES.items()})
+
+
+def trust_names(case: str) -> Tuple[str, ...]:
+    """Whose public keys a case is verified against: the release key, or both test keys."""
+    return ("release", "other") if case.startswith("edge/") and case[5:] in BOTH_KEYS else ("release",)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +125,8 @@ def ctx(tiny_bundle, keys, tmp_path_factory) -> dict:  # noqa: ANN001
         tf.extractall(dest.parent, filter="data")
     for p in dest.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
-    return {"keys": keys, "extracted": dest, "trust": shared.load_trust([str(keys["release"]["pub"])])}
+    return {"keys": keys, "extracted": dest, "trust": shared.load_trust([str(keys["release"]["pub"])]),
+            "trust-both": shared.load_trust([str(keys[n]["pub"]) for n in ("release", "other")])}
 
 
 # Every refusal's message, as users read it, per case (tests/data/verifier-messages.json).
@@ -177,7 +185,8 @@ def _check_message(case: str, message: str) -> None:
 @pytest.mark.parametrize("case", sorted(TABLE))
 def test_case(case, tiny_bundle, ctx, tmp_path):  # noqa: ANN001
     build, code = TABLE[case]
-    _check(build(tiny_bundle, tmp_path, ctx), code, ctx["trust"], case)
+    trust = ctx["trust-both"] if len(trust_names(case)) == 2 else ctx["trust"]
+    _check(build(tiny_bundle, tmp_path, ctx), code, trust, case)
 
 
 def generated_cases(good: Path) -> Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]]:

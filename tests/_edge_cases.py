@@ -1,0 +1,263 @@
+"""Edge and boundary cases of the shared verifier that the first mutation run showed untested.
+
+Each case is hostile input (or a valid edge) with one expected exit code, built from the good
+test bundle like the tables in tests/test_stdlib_verifier.py. They live here, not in those tables,
+because they run in-process only (tests/test_verifier_cases.py, and the mutation oracle through
+it): each pins a boundary or a defence-in-depth check that a whole-bundle tamper does not reach:
+the exact limit of a name, a PAX header or a JSON depth; a link target in the last byte of its
+field; statements re-signed by the trusted key whose fields sort below and above the one value
+allowed (so that `!=` cannot be weakened to `<` or `>` unnoticed); two trusted signatures that
+disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import test_stdlib_verifier as sv
+from bundler.signing import load_private_key, sign_statement
+from runtime_stub import verify as shared
+
+ROOT = sv.ROOT
+Entry = Tuple[tarfile.TarInfo, bytes]
+Build = Callable[[Path, Path, dict], Path]
+
+
+def _entries(good: Path) -> List[Entry]:
+    return sv.read_entries(good)
+
+
+def _tar(edit: Callable[[List[Entry], dict], List[Entry]]) -> Build:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        return sv.write_tar(work / "case.tar", edit(_entries(good), ctx))
+    return build
+
+
+def _patched(rel: str, at: int, value: bytes, edit: Callable[[List[Entry], dict], List[Entry]] = None) -> Build:
+    """Header bytes of member ``rel`` overwritten by hand (what tarfile will not write), checksum fixed."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        src = work / "base.tar"
+        sv.write_tar(src, edit(_entries(good), ctx) if edit else _entries(good))
+        data = bytearray(src.read_bytes())
+        off = sv.data_offsets(src)[f"{ROOT}/{rel}"][0]
+        data[off + at:off + at + len(value)] = value
+        data[off + 148:off + 156] = b" " * 8
+        data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+        out = work / "case.tar"
+        out.write_bytes(bytes(data))
+        src.unlink()
+        return out
+    return build
+
+
+def _raw_pax(rel: str, records: bytes) -> Build:
+    """A PAX extended header with exactly ``records`` (not re-encoded) before member ``rel``."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        src = work / "base.tar"
+        sv.write_tar(src, _entries(good))
+        data = src.read_bytes()
+        off = sv.data_offsets(src)[f"{ROOT}/{rel}"][0]
+        ti = tarfile.TarInfo("././@PaxHeader")
+        ti.type, ti.size, ti.mtime = tarfile.XHDTYPE, len(records), 0
+        pax = ti.tobuf(tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % 512)
+        out = work / "case.tar"
+        out.write_bytes(data[:off] + pax + data[off:])
+        src.unlink()
+        return out
+    return build
+
+
+def _pax_size_of(rel: str) -> Build:
+    """A PAX ``size`` record that says what the ustar size field says (valid, and taken)."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        size = len(_entries(good)[sv.find(_entries(good), rel)][1])
+        return _raw_pax(rel, _pax_record("size", str(size)))(good, work, ctx)
+    return build
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + len(str(len(body)))
+    n = len(body) + len(str(n))
+    return str(n).encode() + body
+
+
+def _pax_record_of_size(key: str, total: int) -> bytes:
+    """One PAX record of exactly ``total`` bytes (a long mtime fraction fills it)."""
+    fixed = len(f"{total} {key}=1700000000.\n")
+    return _pax_record(key, "1700000000." + "0" * (total - fixed))
+
+
+def _shadow(ustar_name: str) -> Build:
+    """README.txt under a PAX path of its own name, its ustar name field set to ``ustar_name``
+    (what a tar that ignores PAX headers would extract it to)."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        rel = "runtime/README.txt"
+        base = sv.write_tar(work / "base.tar", _entries(good))
+        off = sv.data_offsets(base)[f"{ROOT}/{rel}"][0]
+        data = bytearray(base.read_bytes())
+        data[off:off + 100] = ustar_name.encode().ljust(100, b"\0")[:100]
+        data[off + 148:off + 156] = b" " * 8
+        data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+        rec = _pax_record("path", f"{ROOT}/{rel}")
+        ti = tarfile.TarInfo("././@PaxHeader")
+        ti.type, ti.size, ti.mtime = tarfile.XHDTYPE, len(rec), 0
+        pax = ti.tobuf(tarfile.USTAR_FORMAT) + rec + b"\0" * (-len(rec) % 512)
+        out = work / "case.tar"
+        out.write_bytes(bytes(data[:off]) + pax + bytes(data[off:]))
+        base.unlink()
+        return out
+    return build
+
+
+def _set(rel: str, **attrs: object) -> Callable[[List[Entry], dict], List[Entry]]:
+    def edit(es: List[Entry], ctx: dict) -> List[Entry]:
+        return sv._set(rel, **attrs)(es)
+    return edit
+
+
+def _add(name: str, data: bytes = b"x") -> Callable[[List[Entry], dict], List[Entry]]:
+    def edit(es: List[Entry], ctx: dict) -> List[Entry]:
+        return es + [sv.reg(name, data)]
+    return edit
+
+
+def _resigned(**kw: object) -> Build:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        return sv.write_tar(work / "case.tar", sv.resign(_entries(good), ctx["keys"]["release"]["key"], **kw))
+    return build
+
+
+def _statement(edit: Callable[[dict], None]) -> Build:
+    return _resigned(edit_statement=edit)
+
+
+def _manifest(edit: Callable[[dict], None]) -> Build:
+    return _resigned(edit_manifest=edit)
+
+
+def _set_path(path: Tuple, value: object) -> Callable[[dict], None]:
+    def edit(doc: dict) -> None:
+        d = doc
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    return edit
+
+
+def _nested(depth: int) -> Callable[[dict], None]:
+    """An unknown manifest field holding arrays nested so that the document is ``depth`` deep."""
+    def edit(m: dict) -> None:
+        v: object = []
+        for _ in range(depth - 2):
+            v = [v]
+        m["zz_extra"] = v
+    return edit
+
+
+def _second_signature(edit_statement: Callable[[dict], None]) -> Build:
+    """The bundle signed by the release key, plus a signature by the 'other' key (trusted in
+    this case) over a statement changed by ``edit_statement``."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = sv.resign(_entries(good), ctx["keys"]["release"]["key"])
+        gi = sv.sig_index(es)
+        doc = json.loads(es[gi][1])
+        import base64
+        st = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+        edit_statement(st)
+        # a statement that is coherent in itself: its subject digest follows its resources
+        st["subject"][0]["digest"]["sha256"] = shared.subject_digest(
+            {r["name"]: r["digest"] for r in st["predicate"]["resources"]})
+        other = load_private_key(ctx["keys"]["other"]["key"], None)
+        ti = tarfile.TarInfo(f"{ROOT}/signatures/{ctx['keys']['other']['id']}.sig")
+        ti.mtime, ti.mode = es[gi][0].mtime, 0o644
+        es.insert(gi + 1, (ti, sign_statement(json.dumps(st).encode(), other)))
+        return sv.write_tar(work / "case.tar", es)
+    return build
+
+
+def _other_engine_header(field: str, value: object) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        e = next(e for e in m["engines"] if e.get("header"))
+        e["header"][field] = value
+    return edit
+
+
+_MAX_PAX = shared.Limits().max_pax_header
+_NAME_MAX = shared.Limits().max_name_bytes
+
+EDGES: Dict[str, Tuple[Build, int]] = {
+    # tar reader: link targets, magic, names, PAX records and limits
+    "linkname-one-char": (_tar(_set("runtime/README.txt", linkname="x")), 14),
+    "linkname-last-byte": (_patched("runtime/README.txt", 256, b"x"), 14),
+    "magic-gnu": (_patched("runtime/README.txt", 257, b"ustar  \0"), 10),
+    "magic-version-nul": (_patched("runtime/README.txt", 257, b"ustar\0\0\0"), 10),
+    "typeflag-nul-regular-file": (_patched("runtime/README.txt", 156, b"\0"), 0),
+    "contiguous-file": (_patched("runtime/README.txt", 156, b"7"), 14),
+    "name-control-char": (_tar(_add(f"{ROOT}/runtime/a\x01b")), 14),
+    "name-del-char": (_tar(_add(f"{ROOT}/runtime/a\x7fb")), 14),
+    "name-backslash": (_tar(_add(f"{ROOT}/runtime/a\\b")), 14),
+    "name-empty-component": (_tar(_add(f"{ROOT}/runtime//b")), 14),
+    "name-dot-component": (_tar(_add(f"{ROOT}/runtime/./b")), 14),
+    "name-at-the-byte-limit": (_tar(_add(f"{ROOT}/" + "n" * (_NAME_MAX - len(ROOT) - 1))), 13),
+    "name-one-byte-over": (_tar(_add(f"{ROOT}/" + "n" * (_NAME_MAX - len(ROOT)))), 15),
+    "pax-header-empty": (_raw_pax("runtime/README.txt", b""), 0),
+    "pax-size-equal-to-real": (_pax_size_of("runtime/README.txt"), 0),
+    "pax-size-14-digits": (_raw_pax("runtime/README.txt", _pax_record("size", "1" + "0" * 13)), 15),
+    "pax-size-over-member-limit": (_raw_pax("runtime/README.txt", _pax_record("size", str((1 << 40) + 1))), 15),
+    "pax-mtime-fraction": (_raw_pax("runtime/README.txt", _pax_record("mtime", "1700000000.5")), 0),
+    "pax-mtime-negative": (_raw_pax("runtime/README.txt", _pax_record("mtime", "-1")), 0),
+    "pax-header-at-the-limit": (_raw_pax("runtime/README.txt", _pax_record_of_size("mtime", _MAX_PAX)), 0),
+    "pax-header-one-byte-over": (_raw_pax("runtime/README.txt", _pax_record_of_size("mtime", _MAX_PAX + 1)), 15),
+    "pax-record-no-equals": (_raw_pax("runtime/README.txt", b"9 mtime1\n"), 10),
+    "pax-record-no-newline": (_raw_pax("runtime/README.txt", b"10 mtime=1 "), 10),
+    "pax-record-no-space": (_raw_pax("runtime/README.txt", b"10mtime=1\n"), 10),
+    "pax-record-length-too-long": (_raw_pax("runtime/README.txt", b"99 mtime=1\n"), 10),
+    "pax-record-length-too-many-digits": (_raw_pax("runtime/README.txt", b"0000000000011 mtime=1\n"), 10),
+    "pax-key-twice": (_raw_pax("runtime/README.txt", _pax_record("mtime", "1") + _pax_record("mtime", "2")), 10),
+    "pax-path-shadow-plain": (_shadow("x/README.txt"), 0),
+    "pax-path-shadow-dotdot": (_shadow("x/../README.txt"), 14),
+    "pax-path-shadow-absolute": (_shadow("/README.txt"), 14),
+    "pax-path-shadow-dotdot-last-99": (_shadow("x/" + "y" * 94 + "/.."), 14),
+    "pax-path-shadow-dotdot-cut-100": (_shadow("x/" + "y" * 95 + "/.."), 0),
+    # signed statements re-signed by the trusted key: each field below and above its one value
+    "statement-type-lower": (_statement(_set_path(("_type",), "https://in-toto.io/Statement/v0.1")), 11),
+    "statement-type-higher": (_statement(_set_path(("_type",), "https://in-toto.io/Statement/v2")), 11),
+    "statement-predicate-type-lower": (_statement(_set_path(("predicateType",), "https://model_signing/signature/v0.9")), 11),
+    "statement-predicate-type-higher": (_statement(_set_path(("predicateType",), "https://model_signing/signature/v2.0")), 11),
+    "statement-no-subject": (_statement(_set_path(("subject",), [])), 11),
+    "statement-two-subjects": (_statement(lambda st: st["subject"].append(dict(st["subject"][0]))), 11),
+    "statement-method-lower": (_statement(_set_path(("predicate", "serialization", "method"), "dirs")), 11),
+    "statement-method-higher": (_statement(_set_path(("predicate", "serialization", "method"), "shards")), 11),
+    "statement-hash-lower": (_statement(_set_path(("predicate", "serialization", "hash_type"), "sha1")), 11),
+    "statement-hash-higher": (_statement(_set_path(("predicate", "serialization", "hash_type"), "sha512")), 11),
+    "statement-algorithm-lower": (_statement(lambda st: st["predicate"]["resources"][0].update(algorithm="sha1")), 11),
+    "statement-algorithm-higher": (_statement(lambda st: st["predicate"]["resources"][0].update(algorithm="sha512")), 11),
+    "statement-digest-not-hex": (_statement(lambda st: st["predicate"]["resources"][0].update(digest="z" * 64)), 11),
+    "statement-name-not-string": (_statement(lambda st: st["predicate"]["resources"][0].update(name=7)), 11),
+    "statement-expires-not-string": (_statement(_set_path(("predicate", "expires"), 20991231)), 11),
+    "statement-expires-bad-form": (_statement(_set_path(("predicate", "expires"), "2099-12-31")), 11),
+    "statement-expires-future": (_statement(_set_path(("predicate", "expires"), "2099-12-31T00:00:00Z")), 0),
+    "statement-expired": (_statement(_set_path(("predicate", "expires"), "2001-01-01T00:00:00Z")), 16),
+    # two trusted signatures (both keys trusted in these cases)
+    "two-signatures-agree": (_second_signature(lambda st: None), 0),
+    "two-signatures-other-resources": (_second_signature(lambda st: st["predicate"]["resources"].pop()), 11),
+    "two-signatures-other-subject": (_second_signature(lambda st: st["subject"][0].update(name="tiny-9.0.0")), 11),
+    # manifests re-signed by the trusted key
+    "manifest-depth-at-the-limit": (_manifest(_nested(shared.MAX_JSON_DEPTH)), 0),  # unknown fields are allowed
+    "manifest-depth-one-over": (_manifest(_nested(shared.MAX_JSON_DEPTH + 1)), 16),
+    "manifest-name-100": (_manifest(_set_path(("name",), "n" * 100)), 16),
+    "manifest-name-101": (_manifest(_set_path(("name",), "n" * 101)), 16),
+    "manifest-engine-product-lower": (_manifest(_other_engine_header("product", "tensorrt")), 16),
+    "manifest-engine-product-higher": (_manifest(_other_engine_header("product", "tensorrt-rtz")), 16),
+    "manifest-engine-version-lower": (_manifest(_other_engine_header("version", "0.0.0.1")), 16),
+    "manifest-engine-cc-mask-other": (_manifest(_other_engine_header("cc_mask", 1)), 16),
+    "manifest-engine-cc-other": (_manifest(_other_engine_header("cc", ["7.5"])), 16),
+    "manifest-file-listed-twice": (_manifest(lambda m: m["files"].append(dict(m["files"][0]))), 16),
+}
+
+# cases whose trust is both test keys (default: the release key alone)
+BOTH_KEYS = {"two-signatures-agree", "two-signatures-other-resources", "two-signatures-other-subject"}
