@@ -89,8 +89,11 @@ def prepare(work: Path, env: dict) -> Path:
     digest = hashlib.sha256((repo / "runtime_stub" / "verify.py").read_bytes()).hexdigest()
     mark = work / "verify.sha256"
     if not mark.exists() or mark.read_text() != digest:
-        for stale in ("verify.sqlite", "verify.toml"):
-            (work / stale).unlink(missing_ok=True)
+        if (work / "verify.sqlite").exists():  # its kills may carry over: see carry_over
+            os.replace(work / "verify.sqlite", work / "verify.prev.sqlite")
+            if (work / "verify.src.py").exists():
+                os.replace(work / "verify.src.py", work / "verify.prev.py")
+        (work / "verify.toml").unlink(missing_ok=True)
         shutil.rmtree(work / "cache", ignore_errors=True)  # keys and the good bundle, made by that code
         mark.write_text(digest)
     made = work / "corpus.commit"
@@ -177,6 +180,45 @@ def scope(session: Path, rows: list) -> None:
         db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
 
 
+def _keys(items: list, src: list) -> dict:
+    """job id -> (operator, the stripped text of its line, rank among the mutants with that same
+    operator and line text): a name for a mutant that survives edits elsewhere in the file."""
+    seen: dict = {}
+    out = {}
+    for item in sorted(items, key=lambda i: (i.mutations[0].operator_name, i.mutations[0].occurrence)):
+        m = item.mutations[0]
+        base = (m.operator_name, src[m.start_pos[0] - 1].strip())
+        seen[base] = seen.get(base, -1) + 1
+        out[item.job_id] = base + (seen[base],)
+    return out
+
+
+def carry_over(prev: Path, prev_src: str, session: Path, src: str) -> int:
+    """Kills from a session on an earlier version of verify.py, for the mutants of lines whose text
+    did not change (the same operator at the same rank on the same line text).
+
+    Why only kills: the case tables only grow, so a mutant the old tables killed on an unchanged
+    line is killed again; a survivor is always run again. A re-run of the whole module after
+    every small edit would cost 40 minutes; `--fresh` does it anyway."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+    with use_db(str(prev), WorkDB.Mode.open) as db:
+        done = list(db.completed_work_items)
+        old_keys = _keys([i for i, _ in done], prev_src.splitlines())
+        killed = {old_keys[i.job_id] for i, r in done
+                  if r.worker_outcome == WorkerOutcome.NORMAL and r.test_outcome == TestOutcome.KILLED}
+    n = 0
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        pending = list(db.pending_work_items)
+        for job, key in _keys(pending, src.splitlines()).items():
+            if key in killed:
+                db.set_result(job, WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.KILLED,
+                                              output="killed in the previous version (line unchanged)"))
+                n += 1
+    return n
+
+
 def report(work: Path, module: str) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
@@ -217,8 +259,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1, help="mutants tested at once (verify only)")
     ap.add_argument("--survivors", action="store_true",
                     help="test again the mutants that survived (after cases were added; verify only)")
+    ap.add_argument("--fresh", action="store_true", help="carry nothing over from an earlier version's session")
     args = ap.parse_args()
     work = args.work.resolve()
+    if args.fresh:
+        for stale in ("verify.prev.sqlite", "verify.prev.py"):
+            (work / stale).unlink(missing_ok=True)
     if args.what == "report":
         doc = report(work, args.module or "verify")
         print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}))
@@ -237,6 +283,12 @@ def main() -> int:
         rows = section_rows(target, SCOPES["verify"]) if module == "verify" else function_rows(target, LOADER_FUNCTIONS)
         scope(session, rows)
         sh("cosmic-ray", "baseline", str(cfg), cwd=repo, env=env)
+        if module == "verify":
+            shutil.copyfile(target, work / "verify.src.py")
+            if (work / "verify.prev.sqlite").exists() and (work / "verify.prev.py").exists():
+                n = carry_over(work / "verify.prev.sqlite", (work / "verify.prev.py").read_text(), session,
+                               target.read_text())
+                print(f"{n} kills carried over from the previous version of the module")
     t0 = time.time()
     if module == "verify":  # forked children of one warm process: see mutation/fast.py
         sh(sys.executable, str(REPO / "mutation" / "fast.py"), str(session), str(corpus),
