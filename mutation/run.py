@@ -203,16 +203,16 @@ def carry_over(prev: Path, prev_src: str, session: Path, src: str) -> int:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
-    with use_db(str(prev), WorkDB.Mode.open) as db:
+    with use_db(str(prev), WorkDB.Mode.open) as db:  # ranks over every mutant of the file, in scope or not
         done = list(db.completed_work_items)
-        old_keys = _keys([i for i, _ in done], prev_src.splitlines())
+        old_keys = _keys(list(db.work_items), prev_src.splitlines())
         killed = {old_keys[i.job_id] for i, r in done
                   if r.worker_outcome == WorkerOutcome.NORMAL and r.test_outcome == TestOutcome.KILLED}
     n = 0
     with use_db(str(session), WorkDB.Mode.open) as db:
-        pending = list(db.pending_work_items)
-        for job, key in _keys(pending, src.splitlines()).items():
-            if key in killed:
+        pending = {i.job_id for i in db.pending_work_items}
+        for job, key in _keys(list(db.work_items), src.splitlines()).items():
+            if job in pending and key in killed:
                 db.set_result(job, WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.KILLED,
                                               output="killed in the previous version (line unchanged)"))
                 n += 1
