@@ -12,7 +12,9 @@ disagree.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 import tarfile
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -186,6 +188,113 @@ def _other_engine_header(field: str, value: object) -> Callable[[dict], None]:
     return edit
 
 
+SM86 = "engines/tiny_16x16_fp32_sm86.engine"
+
+
+def _engine(data_of: Callable[[bytes], bytes], record: Callable[[dict], None] = None) -> Build:
+    """The sm_86 engine's bytes replaced (``data_of``), its record and file entry updated to match
+    (``record`` edits the rest), re-signed by the trusted key: the binding checks see a bundle
+    whose signature and digests all hold."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = _entries(good)
+        i = sv.find(es, SM86)
+        data = data_of(es[i][1])
+        es[i] = (es[i][0], data)
+        sha = hashlib.sha256(data).hexdigest()
+
+        def edit(m: dict) -> None:
+            e = next(e for e in m["engines"] if e["path"] == SM86)
+            e["sha256"], e["size"] = sha, len(data)
+            f = next(f for f in m["files"] if f["path"] == SM86)
+            f["sha256"], f["size"] = sha, len(data)
+            if record is not None:
+                record(e)
+        return sv.write_tar(work / "case.tar", sv.resign(es, ctx["keys"]["release"]["key"], edit_manifest=edit))
+    return build
+
+
+def _rtx_mask(mask: int, cc: str, ccs: List[str]) -> Build:
+    """The sm_86 engine re-headed for ``mask`` (TensorRT-RTX's compute-capability bits) and
+    labelled ``cc`` with header cc list ``ccs``, consistently."""
+    def data_of(d: bytes) -> bytes:
+        b = bytearray(d)
+        struct.pack_into("<Q", b, 32, mask)
+        return bytes(b)
+
+    def record(e: dict) -> None:
+        e["header"]["cc"], e["header"]["cc_mask"], e["target"]["cc"] = ccs, mask, cc
+    return _engine(data_of, record)
+
+
+def _full_trt(magic: bytes, version: Tuple[int, int, int], backend_version: str = None) -> Build:
+    """The sm_86 engine replaced by bytes with a full-TensorRT header (``magic``, version bytes at
+    24-26), recorded as a TensorRT engine of that version."""
+    def data_of(d: bytes) -> bytes:
+        b = bytearray(d[:4096])
+        b[0:4] = magic
+        b[24:27] = bytes(version)
+        b[28:32] = b"\0\0\0\0"
+        return bytes(b)
+
+    def record(e: dict) -> None:
+        v = ".".join(str(x) for x in version)
+        e["header"] = {"product": "tensorrt", "version": v, "cc": None, "cc_mask": None}
+        e["backend"] = dict(e["backend"], name="tensorrt", module="tensorrt", version=backend_version or v + ".35")
+    return _engine(data_of, record)
+
+
+def _cut_engine(n: int) -> Build:
+    return _engine(lambda d: d[:n])
+
+
+def _rtx_field(at: int, value: bytes) -> Build:
+    def data_of(d: bytes) -> bytes:
+        b = bytearray(d)
+        b[at:at + len(value)] = value
+        return bytes(b)
+    return _engine(data_of)
+
+
+def _sha_edge(which: str, low: bool) -> Callable[[dict], None]:
+    """A signed digest in the manifest replaced by the lowest or highest 64-hex value."""
+    value = "0" * 64 if low else "f" * 64
+
+    def edit(m: dict) -> None:
+        if which == "model":
+            m["model"]["sha256"] = value
+        elif which == "engine":
+            next(e for e in m["engines"] if e["path"] == SM86)["sha256"] = value
+        elif which == "file":
+            next(f for f in m["files"] if f["path"] == SM86)["sha256"] = value
+        elif which == "variant":
+            m["variants"][0]["sha256"] = value
+    return edit
+
+
+def _size_edge(which: str, delta: int) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        if which == "model":
+            m["model"]["size"] += delta
+        elif which == "engine":
+            next(e for e in m["engines"] if e["path"] == SM86)["size"] += delta
+        elif which == "variant":
+            m["variants"][0]["size"] += delta
+    return edit
+
+
+def _deep_objects(depth: int) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        v: object = {}
+        for _ in range(depth - 2):
+            v = {"a": v}
+        m["zz_extra"] = v
+    return edit
+
+
+def _extra(value: object) -> Callable[[dict], None]:
+    return _set_path(("zz_extra",), value)
+
+
 _MAX_PAX = shared.Limits().max_pax_header
 _NAME_MAX = shared.Limits().max_name_bytes
 
@@ -257,6 +366,48 @@ EDGES: Dict[str, Tuple[Build, int]] = {
     "manifest-engine-cc-mask-other": (_manifest(_other_engine_header("cc_mask", 1)), 16),
     "manifest-engine-cc-other": (_manifest(_other_engine_header("cc", ["7.5"])), 16),
     "manifest-file-listed-twice": (_manifest(lambda m: m["files"].append(dict(m["files"][0]))), 16),
+    # the JSON depth pre-scan: brackets inside strings, escaped quotes, 64 KiB chunk boundaries
+    "manifest-brackets-in-a-string": (_manifest(_extra("[" * 200 + "{" * 200)), 0),
+    "manifest-escaped-quote-then-brackets": (_manifest(_extra('a\\"' + "[" * 200)), 0),
+    "manifest-objects-one-over": (_manifest(_deep_objects(shared.MAX_JSON_DEPTH + 1)), 16),
+    "manifest-objects-at-the-limit": (_manifest(_deep_objects(shared.MAX_JSON_DEPTH)), 0),
+    "manifest-string-across-a-chunk": (_manifest(_extra(["x" * 70000 + "[" * 100, [[[]]]])), 0),
+    "manifest-deep-after-a-chunk": (_manifest(lambda m: (_extra("x" * 70000)(m), _nested(shared.MAX_JSON_DEPTH + 1)(m))
+                                              and None), 16),
+    # engine headers: every TensorRT-RTX compute capability bit, full TensorRT magics, cut headers
+    **{f"engine-rtx-cc-{cc}": (_rtx_mask(bit, cc, [cc]), 0)
+       for bit, cc in ((0x01, "7.5"), (0x02, "8.0"), (0x08, "8.9"), (0x20, "12.1"))},
+    "engine-rtx-two-bits": (_rtx_mask(0x06, "8.0", ["8.0", "8.6"]), 0),
+    "engine-rtx-bit-outside-table": (_rtx_mask(0x40, "8.6", []), 16),
+    "engine-full-trt-ftrt": (_full_trt(b"ftrt", (10, 13, 0)), 0),
+    "engine-full-trt-ptrt": (_full_trt(b"ptrt", (10, 8, 1)), 0),
+    "engine-full-trt-other-first-byte": (_full_trt(b"ntrt", (10, 13, 2)), 0),
+    "engine-full-trt-version-differs": (_full_trt(b"ftrt", (10, 13, 0), backend_version="10.12.0.36"), 16),
+    "engine-unknown-magic": (_full_trt(b"ftrx", (10, 13, 0)), 16),
+    "engine-31-bytes": (_cut_engine(31), 16),
+    "engine-32-bytes": (_cut_engine(32), 16),
+    "engine-39-bytes": (_cut_engine(39), 16),
+    "engine-40-bytes": (_cut_engine(40), 16),
+    "engine-rtx-second-tag-lower": (_rtx_field(28, b"vtrs"), 16),
+    "engine-rtx-second-tag-higher": (_rtx_field(28, b"vtru"), 16),
+    "engine-rtx-recorded-size-lower": (_rtx_field(16, struct.pack("<Q", 1)), 16),
+    "engine-rtx-recorded-size-higher": (_rtx_field(16, struct.pack("<Q", 1 << 40)), 16),
+    "engine-rtx-version-byte": (_rtx_field(27, b"\x7f"), 16),
+    # manifest binding: each signed digest and size below and above the true one
+    **{f"manifest-{w}-sha-{'low' if low else 'high'}": (_manifest(_sha_edge(w, low)), 16)
+       for w in ("model", "engine", "file") for low in (True, False)},
+    **{f"manifest-{w}-size-{'minus' if d < 0 else 'plus'}-one": (_manifest(_size_edge(w, d)), 16)
+       for w in ("model", "engine") for d in (-1, 1)},
+    "manifest-format-lower": (_manifest(_set_path(("format",), "trt-bundle/0")), 16),
+    "manifest-root-lower": (_resigned(subject="tiny-0.0.9"), 16),
+    # the schema's types: bool is not an int, an int is not a bool, a str is not a number
+    "manifest-size-bool": (_manifest(lambda m: m["engines"][0].update(size=True)), 16),
+    "manifest-duration-str": (_manifest(lambda m: m["engines"][0].update(duration_s="1")), 16),
+    "manifest-duration-bool": (_manifest(lambda m: m["engines"][0].update(duration_s=False)), 16),
+    "manifest-duration-int": (_manifest(lambda m: m["engines"][0].update(duration_s=1)), 0),
+    "manifest-name-not-str": (_manifest(lambda m: m.update(name=7)), 16),
+    "manifest-optional-none": (_manifest(lambda m: m["engines"][0].update(cache=None)), 0),
+    "manifest-optional-wrong": (_manifest(lambda m: m["engines"][0].update(cache=5)), 16),
 }
 
 # cases whose trust is both test keys (default: the release key alone)
