@@ -295,6 +295,48 @@ def _extra(value: object) -> Callable[[dict], None]:
     return _set_path(("zz_extra",), value)
 
 
+def _as_cpu(bytes_of: str = "model", backend: str = "onnxruntime", label: str = "cpu") -> Build:
+    """The sm_86 engine's record turned into a cpu-target one (no header, onnxruntime) whose
+    "engine" is ``bytes_of``: the signed fp32 graph (what a cpu target ships) or the engine."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = _entries(good)
+        model = es[sv.find(es, "model/tiny.onnx")][1]
+        engine = es[sv.find(es, SM86)][1]
+        data = model if bytes_of == "model" else engine
+
+        def record(e: dict) -> None:
+            e["header"] = None
+            e["backend"] = {"name": backend, "version": "1.20.1", "module": backend, "cuda": None, "driver": None}
+            e["target"] = {"label": label, "cc": None, "gpu": None}
+        return _engine(lambda d: data, record)(good, work, ctx)
+    return build
+
+
+def _drop(*rels: str) -> Build:
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = [e for e in _entries(good) if e[0].name not in {f"{ROOT}/{r}" for r in rels}]
+        return sv.write_tar(work / "case.tar", es)
+    return build
+
+
+def _dir(edit: Callable[[Path], None]) -> Build:
+    """The verified bundle extracted into a directory, then ``edit``ed (directory mode)."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        import shutil
+        d = work / ROOT
+        shutil.copytree(ctx["extracted"], d)
+        edit(d)
+        return d
+    return build
+
+
+def _unlink(*rels: str) -> Callable[[Path], None]:
+    def edit(d: Path) -> None:
+        for r in rels:
+            (d / r).unlink()
+    return edit
+
+
 _MAX_PAX = shared.Limits().max_pax_header
 _NAME_MAX = shared.Limits().max_name_bytes
 
@@ -408,6 +450,19 @@ EDGES: Dict[str, Tuple[Build, int]] = {
     "manifest-name-not-str": (_manifest(lambda m: m.update(name=7)), 16),
     "manifest-optional-none": (_manifest(lambda m: m["engines"][0].update(cache=None)), 0),
     "manifest-optional-wrong": (_manifest(lambda m: m["engines"][0].update(cache=5)), 16),
+    # a cpu-target record: its "engine" must be the signed graph, and only onnxruntime/cpu may lack a header
+    "cpu-target-graph": (_as_cpu(), 0),
+    "cpu-target-carrying-an-engine": (_as_cpu(bytes_of="engine"), 16),
+    "cpu-label-tensorrt-backend": (_as_cpu(backend="tensorrt"), 16),
+    "cpu-backend-gpu-label": (_as_cpu(label="rtx4090"), 16),
+    "cpu-backend-label-lower": (_as_cpu(label="cpt"), 16),
+    "cpu-backend-name-lower": (_as_cpu(backend="onnxruntimd"), 16),
+    # more than one thing missing: the message counts the rest
+    "two-members-missing": (_drop("runtime/README.txt", "runtime/loader.py"), 13),
+    "three-members-missing": (_drop("runtime/README.txt", "runtime/loader.py", "golden/inputs.npz"), 13),
+    "dir-good": (_dir(lambda d: None), 0),
+    "dir-two-files-missing": (_dir(_unlink("runtime/README.txt", "runtime/loader.py")), 13),
+    "dir-sums-changed": (_dir(lambda d: (d / "SHA256SUMS").write_bytes((d / "SHA256SUMS").read_bytes() + b"\n")), 12),
 }
 
 # cases whose trust is both test keys (default: the release key alone)
