@@ -29,20 +29,20 @@ import types
 from pathlib import Path
 
 
-def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize) -> int:  # noqa: ANN001
+def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize, run_case) -> int:  # noqa: ANN001
     """mutation/oracle.py's loop, against an already-compiled module: 0 when every case gives its
-    expected code and message (tests/data/verifier-messages.json), else 1."""
+    expected code and message (tests/data/verifier-messages.json), else 1. ``run_case`` is
+    tests/test_verifier_cases.py's, so a case runs here exactly as the suite runs it."""
     trusts: dict = {}
     for case in corpus["cases"]:
         names = tuple(case.get("trust") or corpus["trust"])
         if names not in trusts:
             trusts[names] = module.load_trust(list(names))
-        report = module.verify_bundle(Path(case["target"]), trusts[names], ecdsa=ecdsa)
-        ok = report.exit_code == case["code"] and report.ok is (case["code"] == 0)
+        got = run_case(module, Path(case["target"]), trusts[names], case.get("via", "file"), ecdsa)
+        ok = got.code == case["code"]
         if ok and case["code"]:
-            ok = report.error is not None and report.error.code == case["code"] and bool(report.error.message)
-            if ok and case.get("message") is not None:
-                ok = normalize(report.error.message, Path(case["target"])) == case["message"]
+            ok = bool(got.message) and (case.get("message") is None
+                                        or normalize(got.message, Path(case["target"])) == case["message"])
         if not ok:
             return 1
     return 0
@@ -89,13 +89,13 @@ class Positions:
         return self.tree.get_code()
 
 
-def child(source: str, path: str, corpus: dict, ecdsa, normalize) -> int:  # noqa: ANN001
+def child(source: str, path: str, corpus: dict, ecdsa, normalize, run_case) -> int:  # noqa: ANN001
     module = types.ModuleType("runtime_stub.verify")
     module.__file__ = path
     sys.modules["runtime_stub.verify"] = module
     try:
         exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the mutant under test
-        return run_cases(module, corpus, ecdsa, normalize)
+        return run_cases(module, corpus, ecdsa, normalize, run_case)
     except BaseException:  # noqa: BLE001 - any escape is a change the cases noticed
         return 1
 
@@ -119,7 +119,7 @@ def main() -> int:
     sys.path.insert(0, corpus["repo"])
     sys.path.insert(0, str(Path(corpus["repo"]) / "tests"))
     from bundler.signing import ecdsa_fast  # the P-256 arithmetic is not under mutation here
-    from test_verifier_cases import normal_message  # the suite's own masking of varying parts
+    from test_verifier_cases import normal_message, run_case  # the suite's own runner and masking
 
     original = args.module.read_text()
     positions = Positions(original)
@@ -171,7 +171,7 @@ def main() -> int:
                 try:
                     os.setpgid(0, 0)
                     source = positions.mutant_source(operator, m.occurrence)
-                    code = 3 if source is None else child(source, str(args.module), corpus, ecdsa_fast, normal_message)
+                    code = 3 if source is None else child(source, str(args.module), corpus, ecdsa_fast, normal_message, run_case)
                 finally:
                     os._exit(code)
             running[pid] = (item.job_id, time.monotonic())

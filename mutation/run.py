@@ -133,9 +133,9 @@ items = []
 for i, (case, (build, code)) in enumerate(sorted(cases.items())):
     d = out / str(i); d.mkdir(parents=True)
     target = build(good, d, ctx)
-    message = None if case.startswith("cut/") or not code else tc.expected_messages()[tc.normal_case_id(case)]
+    message = None if case.startswith("cut/") or not code else tc.expected_messages()[tc.normal_case_id(tc.base_case(case))]
     trust = [str(keys[n]["pub"]) for n in tc.trust_names(case)]
-    items.append({{"id": case, "target": str(target), "code": code, "message": message, "trust": trust}})
+    items.append({{"id": case, "target": str(target), "code": code, "message": message, "trust": trust, "via": tc.via_of(case)}})
 doc = {{"repo": {str(repo)!r}, "trust": [str(keys["release"]["pub"])], "cases": items}}
 Path({str(corpus)!r}).write_text(json.dumps(doc, indent=1))
 print(len(items), "cases")
