@@ -35,10 +35,14 @@ def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize, run_case
     tests/test_verifier_cases.py's, so a case runs here exactly as the suite runs it."""
     trusts: dict = {}
     for case in corpus["cases"]:
-        names = tuple(case.get("trust") or corpus["trust"])
-        if names not in trusts:
-            trusts[names] = module.load_trust(list(names))
-        got = run_case(module, Path(case["target"]), trusts[names], case.get("via", "file"), ecdsa)
+        if case.get("policy"):
+            trust = module.load_policy(Path(case["policy"]))
+        else:
+            names = tuple(case.get("trust") or corpus["trust"])
+            if names not in trusts:
+                trusts[names] = module.load_trust(list(names))
+            trust = trusts[names]
+        got = run_case(module, Path(case["target"]), trust, case.get("via", "file"), ecdsa, case.get("now"))
         ok = got.code == case["code"]
         if ok and case["code"]:
             ok = bool(got.message) and (case.get("message") is None

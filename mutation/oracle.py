@@ -23,8 +23,11 @@ def main() -> int:
 
     cases = sorted(corpus["cases"], key=lambda c: c["id"] != "good-bundle")  # most mutants die on it
     for case in cases:
-        trust = shared.load_trust(case.get("trust") or corpus["trust"])
-        got = run_case(shared, Path(case["target"]), trust, case.get("via", "file"), ecdsa_fast)
+        if case.get("policy"):
+            trust = shared.load_policy(Path(case["policy"]))
+        else:
+            trust = shared.load_trust(case.get("trust") or corpus["trust"])
+        got = run_case(shared, Path(case["target"]), trust, case.get("via", "file"), ecdsa_fast, case.get("now"))
         ok = got.code == case["code"]
         if ok and case["code"]:
             ok = bool(got.message) and (case.get("message") is None

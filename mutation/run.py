@@ -135,7 +135,9 @@ for i, (case, (build, code)) in enumerate(sorted(cases.items())):
     target = build(good, d, ctx)
     message = None if case.startswith("cut/") or not code else tc.expected_messages()[tc.normal_case_id(tc.base_case(case))]
     trust = [str(keys[n]["pub"]) for n in tc.trust_names(case)]
-    items.append({{"id": case, "target": str(target), "code": code, "message": message, "trust": trust, "via": tc.via_of(case)}})
+    policy = tc.write_policy(case, d, ctx)
+    items.append({{"id": case, "target": str(target), "code": code, "message": message, "trust": trust,
+                  "via": tc.via_of(case), "policy": str(policy) if policy else None, "now": tc.setup_of(case)[1]}})
 doc = {{"repo": {str(repo)!r}, "trust": [str(keys["release"]["pub"])], "cases": items}}
 Path({str(corpus)!r}).write_text(json.dumps(doc, indent=1))
 print(len(items), "cases")

@@ -465,5 +465,58 @@ EDGES: Dict[str, Tuple[Build, int]] = {
     "dir-sums-changed": (_dir(lambda d: (d / "SHA256SUMS").write_bytes((d / "SHA256SUMS").read_bytes() + b"\n")), 12),
 }
 
+T2030 = 1893456000.0  # 2030-01-01T00:00:00Z
+
+
+def _policy(rules: List[Tuple[str, List[str], int]], keys: Dict[str, dict] = None, revoked: List[str] = ()) -> Callable[[dict], dict]:
+    """A trust policy over the two test keys (``keys`` adds not_before/not_after per key name),
+    rules of (bundles glob, key names or "*", threshold), ``revoked`` key names."""
+    def make(ctx: dict) -> dict:
+        k = ctx["keys"]
+        out = []
+        for n in ("release", "other"):
+            entry = {"id": k[n]["id"], "name": f"test {n}", "pem": Path(k[n]["pub"]).read_text()}
+            entry.update((keys or {}).get(n, {}))
+            out.append(entry)
+        return {"format": "trt-bundler-policy/1", "version": 1, "keys": out,
+                "revoked": [{"id": k[n]["id"], "reason": "test", "date": "2026-01-01"} for n in revoked],
+                "rules": [{"bundles": b, "keys": ["*"] if names == "*" else [k[n]["id"] for n in names], "threshold": t}
+                          for b, names, t in rules]}
+    return make
+
+
+_ANY = _policy([("*", "*", 1)])
+_BOTH_2 = _policy([("*", ["release", "other"], 2)])
+def _good(good: Path, work: Path, ctx: dict) -> Path:
+    """The good bundle itself, copied beside the case's policy file."""
+    import shutil
+    return Path(shutil.copyfile(good, work / "case.tar"))
+_agreeing = _second_signature(lambda st: None)
+_expiring = _statement(_set_path(("predicate", "expires"), "2030-01-01T00:00:00Z"))
+
+# case -> (build, code, policy maker, now): verified under a trust policy file and/or at a given time
+POLICIES: Dict[str, Tuple[Build, int, Callable[[dict], dict], float]] = {
+    "policy-any-key": (_good, 0, _ANY, None),
+    "policy-threshold-2-one-signer": (_good, 11, _BOTH_2, None),
+    "policy-threshold-2-two-signers": (_agreeing, 0, _BOTH_2, None),
+    "policy-threshold-2-one-revoked": (_agreeing, 11, _policy([("*", ["release", "other"], 2)], revoked=["other"]), None),
+    "policy-revoked-signer": (_good, 11, _policy([("*", "*", 1)], revoked=["release"]), None),
+    "policy-no-rule-for-the-name": (_good, 11, _policy([("other-*", "*", 1)]), None),
+    "policy-first-matching-rule-applies": (_good, 11, _policy([("tiny", ["other"], 1), ("*", "*", 1)]), None),
+    "policy-rule-of-the-other-key": (_good, 11, _policy([("*", ["other"], 1)]), None),
+    "policy-key-window-holds": (_good, 0, _policy([("*", "*", 1)], {"release": {"not_before": "2001-01-01",
+                                                                           "not_after": "2099-01-01"}}), None),
+    "policy-key-not-yet-valid": (_good, 11, _policy([("*", "*", 1)], {"release": {"not_before": "2099-01-01"}}), None),
+    "policy-key-no-longer-valid": (_good, 11, _policy([("*", "*", 1)], {"release": {"not_after": "2001-01-01"}}), None),
+    "policy-key-valid-from-now": (_good, 0, _policy([("*", "*", 1)], {"release": {"not_before": "2030-01-01"}}), T2030),
+    "policy-key-valid-from-a-second-later": (_good, 11, _policy([("*", "*", 1)], {"release": {"not_before": "2030-01-01"}}),
+                                             T2030 - 1),
+    "policy-key-valid-until-now": (_good, 0, _policy([("*", "*", 1)], {"release": {"not_after": "2030-01-01"}}), T2030),
+    "policy-key-valid-until-a-second-ago": (_good, 11, _policy([("*", "*", 1)], {"release": {"not_after": "2030-01-01"}}),
+                                            T2030 + 1),
+    "expires-now": (_expiring, 0, None, T2030),
+    "expires-a-second-ago": (_expiring, 16, None, T2030 + 1),
+}
+
 # cases whose trust is both test keys (default: the release key alone)
 BOTH_KEYS = {"two-signatures-agree", "two-signatures-other-resources", "two-signatures-other-subject"}

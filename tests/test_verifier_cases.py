@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 import test_stdlib_verifier as sv
-from _edge_cases import BOTH_KEYS, EDGES
+from _edge_cases import BOTH_KEYS, EDGES, POLICIES
 from runtime_stub import verify as shared
 
 def _tar_case(make: Callable[[Path, Path], None]) -> Callable[[Path, Path, dict], Path]:
@@ -107,6 +107,25 @@ TABLE.update({f"dir/{k}": (_dir_case(make), code) for k, (make, code) in sv.DIR_
 TABLE.update({f"resigned/{k}": (_resigned_case(kw), code) for k, kw, code in _resigned_params()})
 TABLE.update({"zeros/at-the-allowance": (_zeros(0), 0), "zeros/one-byte-over": (_zeros(1), 10)})
 TABLE.update({f"edge/{k}": v for k, v in EDGES.items()})
+TABLE.update({f"edge/{k}": (build, code) for k, (build, code, _, _) in POLICIES.items()})
+
+
+def setup_of(case: str) -> Tuple[Optional[Callable[[dict], dict]], Optional[float]]:
+    """A case's trust policy maker (None: plain trusted keys) and its verification time (None: now)."""
+    case = base_case(case)
+    if case.startswith("edge/") and case[5:] in POLICIES:
+        _, _, policy, now = POLICIES[case[5:]]
+        return policy, now
+    return None, None
+
+
+def write_policy(case: str, work: Path, ctx: dict) -> Optional[Path]:
+    policy, _ = setup_of(case)
+    if policy is None:
+        return None
+    path = work / "policy.json"
+    path.write_text(json.dumps(policy(ctx), indent=1))
+    return path
 
 
 # Cases run again through the other two ways the shared code takes bytes. Without the hashing
@@ -142,12 +161,12 @@ class Outcome:
         self.code, self.message = code, message
 
 
-def run_case(module, target: Path, trust: dict, via: str = "file", ecdsa=None) -> Outcome:  # noqa: ANN001
+def run_case(module, target: Path, trust, via: str = "file", ecdsa=None, now=None) -> Outcome:  # noqa: ANN001
     """Verify ``target`` with ``module`` (the shared verifier, or a mutant of it in the mutation
     harness): from its file, without threads, or (the tar reader alone) through a pipe."""
     if via == "pipe":
         return _read_through_pipe(module, target)
-    report = module.verify_bundle(target, trust, threaded=via != "unthreaded", ecdsa=ecdsa)
+    report = module.verify_bundle(target, trust, threaded=via != "unthreaded", ecdsa=ecdsa, now=now)
     if report.ok is not (report.exit_code == 0) or (report.exit_code and report.error is None):
         return Outcome(-1, "report and exit code disagree")
     if report.exit_code and report.error.code != report.exit_code:
@@ -243,8 +262,8 @@ def expected_messages() -> Dict[str, str]:
     return json.loads(MESSAGES.read_text()) if MESSAGES.is_file() else {}
 
 
-def _check(target: Path, code: int, trust: dict, case: str = "") -> None:
-    got = run_case(shared, target, trust, via_of(case))
+def _check(target: Path, code: int, trust, case: str = "", now=None) -> None:  # noqa: ANN001
+    got = run_case(shared, target, trust, via_of(case), now=now)
     assert got.code == code, f"expected {code}, got {got.code}: {got.message}"
     if code:
         assert got.message
@@ -272,7 +291,10 @@ def _check_message(case: str, message: str) -> None:
 def test_case(case, tiny_bundle, ctx, tmp_path):  # noqa: ANN001
     build, code = TABLE[case]
     trust = ctx["trust-both"] if len(trust_names(case)) == 2 else ctx["trust"]
-    _check(build(tiny_bundle, tmp_path, ctx), code, trust, case)
+    policy = write_policy(case, tmp_path, ctx)
+    if policy is not None:
+        trust = shared.load_policy(policy)
+    _check(build(tiny_bundle, tmp_path, ctx), code, trust, case, now=setup_of(case)[1])
 
 
 def generated_cases(good: Path) -> Dict[str, Tuple[Callable[[Path, Path, dict], Path], int]]:
