@@ -337,6 +337,42 @@ def _unlink(*rels: str) -> Callable[[Path], None]:
     return edit
 
 
+def _sparse(*sizes: int) -> Callable[[Path], None]:
+    """Extra files in the extracted directory, sparse (no disk blocks), of the given sizes: the
+    per-member and total size limits are checked before anything is read."""
+    def edit(d: Path) -> None:
+        for i, size in enumerate(sizes):
+            with open(d / "engines" / f"big{i}.bin", "wb") as f:
+                f.truncate(size)
+    return edit
+
+
+def _sparse_to_total(total: int) -> Callable[[Path], None]:
+    """Sparse extra files that bring the directory's content to exactly ``total`` bytes."""
+    def edit(d: Path) -> None:
+        have = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        left, sizes = total - have, []
+        while left > 0:
+            sizes.append(min(left, _MAX_MEMBER))
+            left -= sizes[-1]
+        _sparse(*sizes)(d)
+    return edit
+
+
+def _many_files(total: int) -> Callable[[Path], None]:
+    """Empty extra files so that the directory holds ``total`` entries (files and directories)."""
+    def edit(d: Path) -> None:
+        have = sum(1 for _ in d.rglob("*"))
+        extra = d / "engines" / "many"
+        extra.mkdir()
+        for i in range(total - have - 1):
+            (extra / str(i)).touch()
+    return edit
+
+
+_MAX_MEMBERS = shared.Limits().max_members
+_MAX_MEMBER = shared.Limits().max_member_size
+_MAX_TOTAL = shared.Limits().max_total_size
 _MAX_PAX = shared.Limits().max_pax_header
 _NAME_MAX = shared.Limits().max_name_bytes
 
@@ -462,6 +498,13 @@ EDGES: Dict[str, Tuple[Build, int]] = {
     "three-members-missing": (_drop("runtime/README.txt", "runtime/loader.py", "golden/inputs.npz"), 13),
     "dir-good": (_dir(lambda d: None), 0),
     "dir-two-files-missing": (_dir(_unlink("runtime/README.txt", "runtime/loader.py")), 13),
+    "dir-member-at-the-size-limit": (_dir(_sparse(_MAX_MEMBER)), 13),
+    "dir-member-one-byte-over": (_dir(_sparse(_MAX_MEMBER + 1)), 15),
+    "dir-total-at-the-limit": (_dir(_sparse_to_total(_MAX_TOTAL)), 13),
+    "dir-total-over-the-limit": (_dir(_sparse(*[_MAX_MEMBER] * (_MAX_TOTAL // _MAX_MEMBER), 1)), 15),
+    "dir-entries-at-the-limit": (_dir(_many_files(_MAX_MEMBERS)), 13),
+    "dir-entries-one-over": (_dir(_many_files(_MAX_MEMBERS + 1)), 15),
+    "pax-size-exactly-the-member-limit": (_raw_pax("runtime/README.txt", _pax_record("size", str(_MAX_MEMBER))), 12),
     "dir-sums-changed": (_dir(lambda d: (d / "SHA256SUMS").write_bytes((d / "SHA256SUMS").read_bytes() + b"\n")), 12),
 }
 

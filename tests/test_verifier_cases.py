@@ -141,7 +141,10 @@ PIPE_CASES = ["good-bundle", "tar/truncated-in-engine-data", "tar/truncated-in-e
               "tar/truncated-before-end-marker", "tar/appended-garbage", "tar/appended-too-many-zeros",
               "tar/record-padding-not-zero", "tar/second-end-block-not-zero", "tar/appended-zero-block",
               "tar/truncated-record-padding-only", "zeros/at-the-allowance", "zeros/one-byte-over", "tar/duplicate-member",
-              "edge/pax-header-at-the-limit", "edge/pax-header-one-byte-over", "edge/pax-size-equal-to-real"]
+              "edge/pax-header-one-byte-over", "edge/pax-size-equal-to-real"]
+# (not the 64 KiB PAX record at the limit: the independent reading below, Python 3.11.7's tarfile,
+# takes 20-30 s over it in its PAX regex (the quadratic search fixed for CVE-2024-6232 in later
+# releases); our reader takes it in milliseconds, in file mode and without threads above)
 TABLE.update({f"via-unthreaded/{c}": TABLE[c] for c in UNTHREADED_CASES})
 TABLE.update({f"via-pipe/{c}": TABLE[c] for c in PIPE_CASES})
 
