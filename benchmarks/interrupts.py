@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Issue 13, family 6: interrupted work, the long loop, in one command.
 
-    python benchmarks/interrupts.py --iterations 15             # 9 commands x 3 signals x 15: ~25 min on 2 vCPUs
+    python benchmarks/interrupts.py --iterations 6              # 9 commands x 3 signals x 6: ~20 min on 2 vCPUs
     python benchmarks/interrupts.py --iterations 2 --commands extract --signals SIGKILL --seed 7
 
 For each command (`create`, `seal`, `sign`, `sign --in-place`, `extract`, `run`, `split`, `join`,
@@ -64,11 +64,11 @@ def totals(outcomes: List[L.Outcome]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=15, help="runs per command and signal")
+    ap.add_argument("--iterations", type=int, default=6, help="runs per command and signal")
     ap.add_argument("--seed", default="6")
     ap.add_argument("--commands", nargs="+", default=list(L.COMMANDS), choices=L.COMMANDS)
     ap.add_argument("--signals", nargs="+", default=list(L.SIGNALS), choices=list(L.SIGNALS))
-    ap.add_argument("--weight-mib", type=int, default=32, help="the model's weight; the bundle is about twice that")
+    ap.add_argument("--weight-mib", type=int, default=16, help="the model's weight; the bundle is about twice that")
     ap.add_argument("--out", type=Path, default=HERE / "results-interrupts.json")
     ap.add_argument("--work", type=Path)
     a = ap.parse_args()

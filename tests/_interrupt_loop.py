@@ -347,11 +347,22 @@ def _reset(case: Case, dest: Path) -> None:
 def iteration(case: Case, sig_name: str, dest: Path, delay: float, i: int, seed: object) -> Outcome:
     """One run of ``case`` interrupted by ``sig_name`` after ``delay`` seconds; the oracle of the
     module doc. Raises `LoopFailure` with what is needed to replay it."""
-    where = f"[seed {seed}, {case.name}, {sig_name}, iteration {i}, delay {delay:.3f} s]"
+    try:
+        return _iteration(case, sig_name, dest, delay, i, seed)
+    except LoopFailure as e:
+        if str(e).startswith("[seed "):
+            raise
+        raise LoopFailure(f"{_where(case, sig_name, delay, i, seed)} {e}") from None
 
+
+def _where(case: Case, sig_name: str, delay: float, i: int, seed: object) -> str:
+    return (f"[seed {seed}, {case.name}, {sig_name}, iteration {i}, delay {delay:.3f} s] (replay: python "
+            f"benchmarks/interrupts.py --seed {seed} --commands {case.name} --signals {sig_name} --iterations {i + 1})")
+
+
+def _iteration(case: Case, sig_name: str, dest: Path, delay: float, i: int, seed: object) -> Outcome:
     def fail(msg: str) -> None:
-        raise LoopFailure(f"{where} {msg}\n  replay: python benchmarks/interrupts.py --seed {seed} "
-                          f"--commands {case.name} --signals {sig_name} --iterations {i + 1}")
+        raise LoopFailure(f"{_where(case, sig_name, delay, i, seed)} {msg}")
 
     _reset(case, dest)
     before = snapshot(dest)
@@ -495,7 +506,7 @@ def loop(inp: Inputs, commands: List[str], signals: List[str], iterations: int, 
          on_outcome: Optional[Callable[[Outcome], None]] = None, quick: bool = False
          ) -> Tuple[List[Outcome], Dict[str, float]]:
     """``iterations`` interrupted runs per command and signal. Returns the outcomes and each
-    command's measured duration. ``quick`` (the test suite) saves the measuring run."""
+    command's last measured duration. ``quick`` (the test suite) saves the first measuring run."""
     all_cases = cases(inp)
     startup = startup_seconds()
     durations: Dict[str, float] = {"startup": round(startup, 3)}
@@ -503,15 +514,15 @@ def loop(inp: Inputs, commands: List[str], signals: List[str], iterations: int, 
     for name in commands:
         case = all_cases[name]
         dest = scratch / f"dest-{name}"
-        # a plain run measures the command, unless quick: then the first delay assumes twice the
-        # start-up, and each re-run (a plain run too) measures it for the next iteration
+        # a plain run measures the command (quick: the first delay assumes twice the start-up);
+        # then each re-run, a plain run too, measures it for the next iteration, so that the
+        # delays follow the machine's load (shared CI machines vary by a factor of several)
         durations[name] = round(measure(case, dest), 3) if not quick else 2 * startup
         for sig_name in signals:
             for i in range(iterations):
                 d = delay_for(seed, name, sig_name, i, startup, durations[name])
                 o = iteration(case, sig_name, dest, d, i, seed)
-                if quick:
-                    durations[name] = o.rerun_s
+                durations[name] = o.rerun_s
                 outcomes.append(o)
                 if on_outcome is not None:
                     on_outcome(o)
