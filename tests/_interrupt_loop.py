@@ -108,6 +108,14 @@ def child_env(**extra: str) -> Dict[str, str]:
     return env
 
 
+def default_sigint() -> None:
+    """In the child, before exec: SIGINT as a terminal's program gets it. A harness started in
+    the background (``cmd &``, some CI runners, xdist workers) has SIGINT ignored, which its
+    children inherit; Python then leaves it ignored until `bundle` installs its handler, and a
+    Ctrl-C in the start-up would be lost rather than tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def bundle_cmd(*args: object) -> List[str]:
     return [sys.executable, "-m", "bundler.cli", *map(str, args)]
 
@@ -314,7 +322,7 @@ class Outcome:
     delay_s: float
     code: int
     state: str  # finished | untouched | complete | partial-set
-    exit_s: float  # from the signal to the process's exit (0 when it finished first)
+    exit_s: float  # from the signal to the process's exit (0 when it finished first: exit 0)
     gone_s: float  # from the signal until no process of the session is left
     leftovers: List[str]  # private names the killed run left (removed by the re-run)
     rerun_s: float
@@ -370,7 +378,7 @@ def _iteration(case: Case, sig_name: str, dest: Path, delay: float, i: int, seed
     sig = SIGNALS[sig_name]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(bundle_cmd(*case.argv(dest)), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=default_sigint)
         time.sleep(delay)
         t_sig = time.monotonic()
         sent = p.poll() is None
@@ -479,8 +487,9 @@ def _iteration(case: Case, sig_name: str, dest: Path, delay: float, i: int, seed
     missing = sorted(n for n in b_top if n not in case.outputs and n not in final)
     if extra or missing:
         fail(f"after the re-run the destination holds {extra} besides the outputs (missing: {missing})")
+    stopped = sent and code != 0  # signalled, and not finished first: the time it took to stop counts
     return Outcome(case.name, sig_name, i, round(delay, 4), code, state,
-                   round(t_exit - t_sig, 4) if sent else 0.0, round(t_gone - t_sig, 4) if sent else 0.0,
+                   round(t_exit - t_sig, 4) if stopped else 0.0, round(t_gone - t_sig, 4) if stopped else 0.0,
                    leftovers, round(rerun_s, 3))
 
 

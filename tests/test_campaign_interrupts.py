@@ -50,8 +50,8 @@ def test_signals_at_random_points_leave_nothing_half_done(inputs, tmp_path, comm
 
 
 def _bundle(*args: object, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen(L.bundle_cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=L.child_env(), start_new_session=True, **popen)
+    return subprocess.Popen(L.bundle_cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=L.child_env(), start_new_session=True, preexec_fn=L.default_sigint, **popen)
 
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
