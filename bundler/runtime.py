@@ -12,7 +12,6 @@ then reads each file once and uses only bytes whose digest the verification prov
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from .errors import InputError, OutputError, error_for_code
-from .fsutil import make_workdir, remove_stale
+from .fsutil import make_workdir, remove_stale, remove_tree
 from .proc import die_with_parent
 from .signing import TrustedKey
 from runtime_stub.verify import TrustPolicy
@@ -138,7 +137,7 @@ def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]
             child.wait()
             raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
 def _start_child(cmd: List[str]) -> subprocess.Popen:

@@ -219,3 +219,34 @@ def test_single_file_outputs_are_synced_before_their_rename(inputs, tmp_path, co
     assert tmp in synced, f"{tmp} published without fsync"
     assert _path(str(out)) in synced, "directory not synced before the rename"
     assert any(c == "fsync" and _path(a[0]) == _path(str(out)) for c, a, _ in calls[at + 1:]), "rename not made durable"
+
+
+def test_a_cleanup_the_signal_interrupts_still_finishes(tmp_path):
+    """`create` took SIGTERM while removing its build directory, after the bundle was sealed,
+    and left `.bundle-build-PID-*` behind with exit 143 (the loop, seed 6, create SIGTERM #3).
+    `remove_tree` (create's, `bundle run`'s and the farm's last cleanup) finishes the removal
+    and then lets the interruption go on: here a real signal, SIGALRM, handled as the CLI
+    handles SIGTERM (raise once, ignore any further one), lands inside it."""
+    from bundler.errors import Interrupted
+    from bundler.fsutil import remove_tree
+
+    work = tmp_path / ".bundle-build-1-abcd"
+    for d in range(40):
+        (work / str(d)).mkdir(parents=True)
+        for f in range(100):
+            (work / str(d) / str(f)).write_bytes(b"x")
+
+    def handler(signum, frame):  # noqa: ANN001
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        raise Interrupted(signal.SIGTERM)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.005)
+        with pytest.raises(Interrupted):
+            remove_tree(work)
+            time.sleep(1)  # the removal finished before the signal came: wait for it here instead
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not work.exists()
