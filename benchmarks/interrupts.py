@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Issue 13, family 6: interrupted work, the long loop, in one command.
 
-    python benchmarks/interrupts.py --iterations 6              # 9 commands x 3 signals x 6: ~20 min on 2 vCPUs
+    python benchmarks/interrupts.py --iterations 3              # 9 commands x 3 signals x 3: ~5 min on 2 vCPUs
     python benchmarks/interrupts.py --iterations 2 --commands extract --signals SIGKILL --seed 7
 
 For each command (`create`, `seal`, `sign`, `sign --in-place`, `extract`, `run`, `split`, `join`,
@@ -78,7 +78,7 @@ def row(t: dict, commands: int) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=6, help="runs per command and signal")
+    ap.add_argument("--iterations", type=int, default=3, help="runs per command and signal")
     ap.add_argument("--seed", default="6")
     ap.add_argument("--commands", nargs="+", default=list(L.COMMANDS), choices=L.COMMANDS)
     ap.add_argument("--signals", nargs="+", default=list(L.SIGNALS), choices=list(L.SIGNALS))
