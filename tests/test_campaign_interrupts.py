@@ -138,7 +138,18 @@ def _traced(tmp_path: Path, *args: object) -> List[tuple]:
                        + L.bundle_cmd(*args), capture_output=True, text=True, env=L.child_env(), timeout=300)
     assert p.returncode == 0, p.stderr
     calls = []
+    pending: Dict[str, str] = {}
     for line in log.read_text().splitlines():
+        # another thread's call in between splits one into "<unfinished ...>" and "<... resumed>";
+        # joined, it counts where it finished
+        pid, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = rest[: -len("<unfinished ...>")].rstrip()
+            continue
+        resumed = re.match(r"^<\.\.\. \w+ resumed>(.*)$", rest)
+        if resumed and pid in pending:
+            line = f"{pid} {pending.pop(pid)}{resumed.group(1)}"
         m = _CALL.match(line)
         if m and int(m.group(3)) >= 0:
             calls.append((m.group(1), [a.strip().strip('"') for a in _split_args(m.group(2))], int(m.group(3))))
