@@ -7,6 +7,14 @@ traceback. With ``--json``, stdout carries exactly one JSON document, on success
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m bundler.cli`: go through the entry point, which takes SIGINT and SIGTERM before
+    # the slow imports below (bundler/entry.py); it imports this module as bundler.cli, where the
+    # cli_<area> modules register their commands, and runs its main().
+    from bundler.entry import main as _entry_main
+
+    raise SystemExit(_entry_main())
+
 import json
 import os
 import signal
@@ -102,8 +110,7 @@ def _run(json_mode: bool, fn: Callable[[], Any]) -> Any:
         what = "terminated" if code == 143 else "interrupted"
         if json_mode:
             print(json.dumps({"ok": False, "exit_code": code, "error": {"class": "interrupted", "member": None, "message": what}}))
-        _err().print(what, markup=False)
-        raise typer.Exit(code)
+        raise typer.Exit(_stopped(e))
     except Exception as e:  # noqa: BLE001 - every failure ends in one line and an exit code
         _fail(e, json_mode)
 
@@ -1009,11 +1016,20 @@ def _main(
     pass
 
 
+# The first SIGINT/SIGTERM this process took, and whether "interrupted"/"terminated" was said.
+# Typer turns a KeyboardInterrupt that leaves a command outside `_run` (in its imports, in click's
+# parameter conversion) into a silent exit 130, whatever the signal; `_invoke` says it then, with
+# the signal's own code (found by the interrupt loop of tests/test_campaign_interrupts.py). The
+# CLI owns the process and its signals, so this state is the CLI's, never the library's.
+_SIGNAL: dict = {"num": None, "said": False}
+
+
 def _on_signal(signum: int, frame: object) -> None:
     """First SIGINT or SIGTERM: ignore any further one (a second Ctrl-C must never interrupt the
     cleanup half-way, nor hang it), then unwind from wherever the program is."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _SIGNAL["num"] = signum
     raise Interrupted(signum)
 
 
@@ -1040,11 +1056,21 @@ def _invoke(argv: List[str]) -> int:
         _error_line("usage", e.format_message())
         return int(e.exit_code)
     except typer.Abort as e:  # EOF, Ctrl-C or SIGTERM before our command ran (click wraps them)
-        cause = e.__cause__
-        code = cause.exit_code if isinstance(cause, Interrupted) else 130
-        _err().print("terminated" if code == 143 else "interrupted", markup=False)
-        return code
+        return _stopped(e.__cause__)
+    except KeyboardInterrupt as e:  # while typer still builds the command, where click wraps nothing
+        return _stopped(e)
+    if _SIGNAL["num"] is not None and not _SIGNAL["said"]:  # typer's silent 130 (see _SIGNAL)
+        return _stopped(Interrupted(_SIGNAL["num"]))
     return rc if isinstance(rc, int) else 0
+
+
+def _stopped(cause: Optional[BaseException]) -> int:
+    """Say "interrupted" or "terminated" (once) and return the exit code, 130 or 143."""
+    code = cause.exit_code if isinstance(cause, Interrupted) else 130
+    if not _SIGNAL["said"]:
+        _SIGNAL["said"] = True
+        _err().print("terminated" if code == 143 else "interrupted", markup=False)
+    return code
 
 
 def main() -> None:
@@ -1053,15 +1079,6 @@ def main() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     sys.exit(_invoke(sys.argv[1:]))
-
-
-if __name__ == "__main__":
-    # `python -m bundler.cli` runs this file as __main__, a module other than bundler.cli; the
-    # cli_<area> modules register their commands on bundler.cli's app (the import at the end),
-    # so run that module's main, which has them all.
-    from bundler.cli import main as _main_with_every_command
-
-    _main_with_every_command()
 
 
 from . import cli_parts  # noqa: E402,F401 - registers its commands

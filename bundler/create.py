@@ -6,7 +6,6 @@ both use it without importing each other.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -14,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .backends import BuildRequest, build
 from .errors import OutputError
-from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale, remove_tree
 from .seal import SealResult, seal
 
 WORK_PREFIX = ".bundle-build-"  # + pid: a later run into the same --out removes a killed run's
@@ -56,8 +55,8 @@ def create(
     except BaseException:
         # A failed create leaves nothing new: no --out made for it (unless it now holds the
         # builder logs of a failed build, which the error names), no work directory.
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
         remove_made_dirs(made)
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     return result

@@ -40,7 +40,7 @@ from .backends import BuildEvent, Staged, finish_build, plan_build, select_backe
 from .backends import _keep_logs  # the same rule for a failed build's logs as local builds
 from .cache import BuildCache, cache_key, job_key_inputs, open_cache
 from .errors import BuildError, BundleError, FarmError, InputError, OutputError
-from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale
+from .fsutil import check_out_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale, remove_tree
 from .manifest import CacheInfo, EngineRecord
 from .targets import Target, parse_target
 
@@ -385,7 +385,7 @@ def farm_create(
         raise OutputError(f"{e.filename or out_dir}: cannot write ({e.strerror or e})") from None
     finally:
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)  # finishes even if a signal lands in it
         if not sealed:
             remove_made_dirs(made)  # a failed farm build leaves no --out it made (kept logs excepted)
         if ray is not None and ray.is_initialized():

@@ -12,7 +12,6 @@ then reads each file once and uses only bytes whose digest the verification prov
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from .errors import InputError, OutputError, error_for_code
-from .fsutil import make_workdir, remove_stale
+from .fsutil import make_workdir, remove_stale, remove_tree
 from .proc import die_with_parent
 from .signing import TrustedKey
 from runtime_stub.verify import TrustPolicy
@@ -126,6 +125,51 @@ def run_loader(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]
             cmd += ["--policy", str(policy)]
         if allow_expired:
             cmd.append("--allow-expired")
-        return subprocess.run(cmd + args[1:], preexec_fn=die_with_parent()).returncode
+        child = _start_child(cmd + args[1:])
+        try:
+            return child.wait()
+        except BaseException:  # Ctrl-C (the loader got it too: a moment to finish), SIGTERM
+            try:
+                child.wait(0.25)
+            except subprocess.TimeoutExpired:
+                pass
+            child.kill()
+            child.wait()
+            raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
+
+
+def _start_child(cmd: List[str]) -> subprocess.Popen:
+    """Start ``cmd`` so that a signal can never leave it running unseen.
+
+    `subprocess.run` has no object for its child until Popen returns; SIGINT or SIGTERM in the
+    fork/exec window raised from inside Popen, and the loader ran on, without a parent, in a
+    directory that was being removed (found by the interrupt loop of
+    tests/test_campaign_interrupts.py). The two signals are blocked while it starts (the child
+    unblocks them before exec), so one that comes meanwhile is taken only once the Popen exists,
+    and ends the child too.
+    """
+    import signal
+
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    pdeath = die_with_parent()
+
+    def in_child() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if pdeath is not None:
+            pdeath()
+
+    try:
+        child = subprocess.Popen(cmd, preexec_fn=in_child)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is raised here
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    return child

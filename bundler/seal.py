@@ -23,7 +23,7 @@ from .archive import AsyncSha256, DirectFile, Limits, TarWriter, check_member_na
 from .backends import BUILD_RECORD
 from .engine_header import HeaderError, parse_header
 from .errors import InputError, OutputError, VerificationError
-from .fsutil import check_out_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale, removed_on_failure
+from .fsutil import check_out_dir, fsync_dir, make_dirs, make_workfile, remove_made_dirs, remove_stale, removed_on_failure
 from .manifest import (
     MANIFEST,
     RUNTIME_DIR,
@@ -307,7 +307,12 @@ def seal(
                 ledger, event="seal", key_id=kid, name=record.name, version=record.version, bundle_sha256=digest,
                 content_digest=subject_digest(resources_), signature=f"{SIGNATURES_DIR}/{kid}.sig",
                 signature_sha256=hashlib.sha256(signature).hexdigest(), extends=head, expires=expires)
+        # The file is synced; its directory too, before and after the link, so that after a
+        # power loss the bundle is under its final name whole or not at all, like every other
+        # publishing writer (found by tests/test_campaign_interrupts.py, which reads the syscalls).
+        fsync_dir(out_dir)
         _publish(tmp, final)
+        fsync_dir(out_dir)
     return SealResult(final, digest, kid, manifest, expires, entry)
 
 

@@ -42,7 +42,7 @@ from runtime_stub.verify import verify_bundle as _verify_bundle
 
 from .archive import CHUNK, DirectFile, Limits
 from .errors import InputError, OutputError
-from .fsutil import make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
+from .fsutil import fsync_dir, make_dirs, make_workdir, remove_made_dirs, remove_stale, rename_noreplace
 from .signing import EcdsaChecker, TrustedKey
 
 DIRECT_MIN = CHUNK  # members that fill a whole reader chunk are written with O_DIRECT
@@ -117,6 +117,17 @@ class _ExtractSink(Sink):
             raise self._failed("a member", e) from None
 
     def end(self) -> None:
+        """A member is complete: make its bytes durable (fsync) before the file is closed, so
+        that the rename in `commit` can never publish a file whose data a power loss would lose
+        (O_DIRECT writes skip the page cache, not the file's size and block map)."""
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                raise self._failed("a member", e) from None
+        self._close()
+
+    def _close(self) -> None:
         # Forget the number before closing it: a signal that lands right after close() must not
         # make abort() close it again (EBADF, or worse, another file that took the number).
         self._out = None
@@ -130,15 +141,23 @@ class _ExtractSink(Sink):
             os.close(fd)
 
     def commit(self) -> None:
+        """Publish the staging directory as DEST. Every file was synced by `end`; here every
+        directory of the tree is synced (their entries), then the rename, then DEST's parent (the
+        rename itself): after a power loss DEST is either absent or whole."""
         self.end()
         os.fchmod(self._root_fd, 0o755)  # mkdtemp made it 0700
+        for sub, _dirs, _files in os.walk(self.staging):
+            if sub != str(self.staging):
+                fsync_dir(Path(sub))
+        os.fsync(self._root_fd)
         self._close_root()
         rename_noreplace(self.staging, self.dest)
+        fsync_dir(self.dest.parent)
 
     def abort(self) -> None:
         """Remove the staging directory. Runs while another error (or a signal) is on its way
         out, so nothing here may raise in its place."""
-        for step in (self.end, self._close_root):
+        for step in (self._close, self._close_root):
             try:
                 step()
             except OSError:

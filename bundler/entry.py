@@ -1,0 +1,55 @@
+"""The `bundle` program's entry point: take SIGINT and SIGTERM first, then import the rest.
+
+Importing the CLI (typer, rich, cryptography, the verifier) takes a few hundred milliseconds. A
+Ctrl-C or a CI cancel in that window used to meet Python's defaults: a ``KeyboardInterrupt``
+traceback from the middle of an import, or death by SIGTERM without a word (found by the
+interrupt loop of tests/test_campaign_interrupts.py). Here the two signals are caught before any
+of those imports, with the same rule as the CLI's own handler (the first one wins, any further
+one is ignored): the import is abandoned, ``interrupted``/``terminated`` is printed, and the exit
+code is 130/143, as for a command interrupted later. Nothing has been written at that point, so
+there is nothing to clean up. Standard library only until the handlers are in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+
+class _EarlySignal(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _early(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _EarlySignal(signum)
+
+
+def _stopped(signum: int) -> int:
+    sys.stderr.write("terminated\n" if signum == signal.SIGTERM else "interrupted\n")
+    sys.stderr.flush()
+    return 128 + signum
+
+
+def main() -> int:
+    """`bundle`: the CLI's ``main`` (which installs its own handlers and exits), reached only
+    once its imports are done; a signal before that ends the program here."""
+    signal.signal(signal.SIGINT, _early)
+    signal.signal(signal.SIGTERM, _early)
+    try:
+        from bundler.cli import main as cli_main
+
+        cli_main()  # replaces the handlers with the CLI's, then sys.exit()s
+    except KeyboardInterrupt as e:
+        # _EarlySignal: in the imports, or before the CLI's handlers were in place; the CLI's
+        # Interrupted: in the instant between its command's end and the exit.
+        return _stopped(getattr(e, "signum", signal.SIGINT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
