@@ -1067,3 +1067,4 @@ if __name__ == "__main__":
 from . import cli_parts  # noqa: E402,F401 - registers its commands
 from . import cli_audit  # noqa: E402,F401 - registers its commands
 from . import cli_farm  # noqa: E402,F401 - registers its commands
+from . import cli_export  # noqa: E402,F401 - registers its commands
