@@ -76,16 +76,17 @@ def triton_version(version: str) -> int:
     ``MAJOR*1000000 + MINOR*1000 + PATCH``: Triton serves the highest integer by default, and this
     keeps semver order for releases; it needs no state, so every host that exports the same bundle
     agrees. Build metadata (``+…``) does not change precedence and is dropped (recorded in the
-    mapping file). Refused: pre-releases (no integer sorts between 1.0.0-rc.1 and 1.0.0 and
-    before 1.0.0 at once: they are exported as their release or not at all), MINOR or PATCH over
-    999, MAJOR over 999999, and 0.0.0 (Triton ignores a version directory named 0).
+    mapping file). Refused: pre-releases (1.0.0-rc.1 must sort below 1.0.0's integer and above
+    0.999.999's, and there is none between), MINOR or PATCH over 999, MAJOR over 999999, and
+    0.0.0 (Triton ignores a version directory named 0).
     """
     m = _SEMVER_RE.match(version)
     if m is None:
         raise ExportError(f"version {version!r} is not a semantic version")
     if m.group("prerelease") is not None:
-        raise ExportError(f"version {version}: a pre-release has no Triton version (an integer would sort it "
-                          f"after releases it precedes); export a release version (docs/triton.md)")
+        raise ExportError(f"version {version}: a pre-release has no Triton version (its release takes the "
+                          f"integer, and the one below it belongs to the release before); export a release version "
+                          f"(docs/triton.md)")
     major, minor, patch = (int(m.group(p)) for p in ("major", "minor", "patch"))
     if minor > 999 or patch > 999 or major > MAX_MAJOR:
         raise ExportError(f"version {version}: Triton versions are {VERSION_RULE}; MINOR and PATCH must be at "
