@@ -14,7 +14,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +311,49 @@ def test_interrupt_leaves_nothing(tmp_path, bundles, keys):
     with pytest.raises(KeyboardInterrupt):
         export_triton(bundles["1.2.3"], load_trust([keys["release"]["pub"]]), repo, progress=interrupt)
     assert os.listdir(repo) == []
+
+
+def _export_process(bundle: Path, repo: Path, keys: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bundler.cli", "export", str(bundle), "--triton", str(repo),
+                             "--trust", str(keys["release"]["pub"]), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_exports_into_one_model_and_sigterm_while_waiting(tmp_path, bundles, keys):
+    """Two exports of two versions at once into a new model: both land, one made the model, the
+    mapping holds both. Then an export waiting for the model's lock (held here, as a third
+    export would hold it) is stopped by SIGTERM: 143, and nothing of it is left."""
+    import fcntl
+
+    from bundler.export_triton import read_mapping
+
+    repo = tmp_path / "repo"
+    procs = [_export_process(bundles[v], repo, keys) for v in ("1.2.3", "1.3.0")]
+    docs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        docs.append(json.loads(out))
+    assert sorted(d["config_written"] for d in docs) == [False, True]
+    assert sorted(read_mapping(repo / "tiny/bundle-versions.json")) == [1002003, 1003000]
+    assert sorted(os.listdir(repo)) == ["tiny"]
+
+    shutil.rmtree(repo / "tiny/1003000")
+    before = tree(repo)
+    fd = os.open(repo / "tiny", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        p = _export_process(bundles["1.3.0"], repo, keys)
+        deadline = time.monotonic() + 60
+        while not list(repo.glob(".trt-export-*/model/bundle-versions.json")):  # staged, next: the lock
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert p.poll() is None  # waiting for the lock
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    finally:
+        os.close(fd)
+    assert p.returncode == 143 and "terminated" in err and json.loads(out)["exit_code"] == 143
+    assert tree(repo) == before  # no version, no mapping change, no work directory
+    assert export(bundles["1.3.0"], repo, keys).code == 0  # and nothing stale blocks the next one
