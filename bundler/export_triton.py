@@ -198,8 +198,10 @@ def plan_export(manifest: Manifest, model_name: str, platform: Optional[str] = N
     want = "tensorrt" if platform == PLATFORM_TENSORRT else "cpu"
     chosen = [e for e in manifest.engines if kinds[e.path] == want]
     if not chosen:
+        rtx = " (its TensorRT-RTX engines cannot be served by Triton's TensorRT backend)" \
+            if want == "tensorrt" and any(k == "rtx" for k in kinds.values()) else ""
         raise ExportError(f"--platform {platform}: this bundle has no "
-                          f"{'full TensorRT' if want == 'tensorrt' else 'cpu-target'} engine")
+                          f"{'full TensorRT' if want == 'tensorrt' else 'cpu-target'} engine{rtx}")
     precisions = sorted({e.build.precision for e in chosen})
     if precision is not None:
         if precision not in precisions:

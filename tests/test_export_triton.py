@@ -153,6 +153,10 @@ def test_rtx_and_cpu_bundle_exports_the_cpu_model(tmp_path, bundles, keys):
     assert (g.kind, g.count, list(g.profile)) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1, [])
     assert c.default_model_filename == "model.onnx" and len(c.cc_model_filenames) == 0
     assert not c.HasField("version_policy") and not c.HasField("sequence_batching")
+    # asked for the plans it cannot have: refused with the reason, nothing added
+    before = tree(repo)
+    r = export(bundles["1.2.3"], repo, keys, "--platform", "tensorrt_plan", "--model-name", "tiny_gpu")
+    assert r.code == 27 and "no full TensorRT engine" in r.err and "TensorRT-RTX" in r.err and tree(repo) == before
 
 
 def test_versions_accumulate_never_overwrite_and_map_back(tmp_path, bundles, keys):
