@@ -78,3 +78,7 @@ def extract(bundle: Path, trusted: "Union[Dict[str, TrustedKey], TrustPolicy]", 
 
 def inspect(bundle: Path) -> InspectReport:
     return inspect_bundle(bundle)
+
+from .export_triton import TritonExport, export_triton  # noqa: E402 - `bundle export --triton` (docs/triton.md)
+
+__all__ += ["TritonExport", "export_triton"]

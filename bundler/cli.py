@@ -1084,3 +1084,4 @@ def main() -> None:
 from . import cli_parts  # noqa: E402,F401 - registers its commands
 from . import cli_audit  # noqa: E402,F401 - registers its commands
 from . import cli_farm  # noqa: E402,F401 - registers its commands
+from . import cli_export  # noqa: E402,F401 - registers its commands

@@ -56,6 +56,14 @@ class FarmError(BundleError):
     code = ExitCode.FARM
 
 
+class ExportError(BundleError):
+    """`bundle export`: the bundle is authentic but cannot become the model asked for (for
+    Triton: only TensorRT-RTX engines, a pre-release version, a data type Triton lacks, plans that
+    cannot share one configuration; docs/triton.md). Nothing is written."""
+
+    code = ExitCode.EXPORT
+
+
 class AccuracyError(BundleError):
     """A precision variant measured outside the tolerance its own selftest will apply: the build
     refuses to ship what `loader.py selftest` would fail (--accept-accuracy-loss overrides)."""
@@ -91,7 +99,8 @@ class Interrupted(KeyboardInterrupt):
 def error_for_code(code: int, message: str, member: Optional[str] = None) -> BundleError:
     """Rebuild the error of a given exit code (e.g. from a report), to re-raise it unchanged."""
     for cls in (ArchiveError, SignatureError, DigestError, MembersError, UnsafeMemberError, LimitsError,
-                BindingError, HostError, RollbackError, PartsError, MediaError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError):
+                BindingError, HostError, RollbackError, PartsError, MediaError, InputError, KeyFileError, BuildError, OutputError, AccuracyError, UsageError,
+                ExportError):
         if int(cls.code) == int(code):
             return cls(message, member=member)
     return BundleError(message, member=member)

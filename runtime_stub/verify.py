@@ -159,6 +159,7 @@ class ExitCode(enum.IntEnum):
     AUDIT = 24  # `bundle audit`: a bundle under the audited paths is not verified (or not ledgered)
     LEDGER = 25  # the signing ledger's hash chain is broken (docs/ledger.md)
     FARM = 26  # build side: the Ray build farm (not installed, unreachable, no node for a build, a lost build)
+    EXPORT = 27  # `bundle export`: an authentic bundle that cannot become the model asked for (RTX-only for Triton, ...)
 
 
 class BundleError(Exception):
