@@ -2927,32 +2927,30 @@ def check_provenance(raw: bytes, st: "_State", where: str) -> ProvenanceReport:
     """The provenance member's rules (docs/bundle-format.md section 14), run once the bundle's
     signatures counted and every member matched its signed digest.
 
-    Its signer: the envelope's ``keyid``. When the trust policy holds that key, the signature
-    MUST verify under it and the key MUST count for this bundle's name (not revoked, inside its
-    validity window, allowed by the rule) [signature]. Otherwise the key MUST be one that signed
-    one of the bundle's signature files (by their hints) [signature]; its signature cannot be
-    checked here, and the provenance is as authentic as any other signed member. Then the
-    subjects MUST be the manifest's engines exactly, paths and SHA-256 [binding]."""
+    Its signer is the envelope's ``keyid``. When the trust policy holds that key, the signature
+    MUST verify under it [signature] (a signature that claims a trusted key and does not verify
+    is never ignored, as in section 7 step 4); it is ``checked`` when the key also counts for
+    this bundle's name (not revoked, inside its validity window, allowed by the rule). Otherwise
+    the key MUST be one that signed one of the bundle's signature files, by their hints
+    [signature]: then its signature cannot be checked here, and the provenance is as authentic as
+    any other signed member, through the counted bundle signatures that list its digest. Either
+    way its subjects MUST be the manifest's engines exactly, paths and SHA-256 [binding]."""
     keyid, payload, sig = parse_dsse_envelope(raw, where)
     policy, report = st.policy, st.report
     assert st.manifest is not None
     tk = policy.keys.get(keyid)
+    bound = "the provenance is authentic as a signed member of the bundle; its own signature does not count"
     if tk is not None:
         if not st.ecdsa(tk.key, sig, pae(PAYLOAD_TYPE, payload)):
             raise SignatureError(f"{where}: signature does not verify under trusted key {keyid[:16]}...", member=where)
         rule = policy.rule_for(st.manifest.name)
         why = _key_reason(policy, tk, st.manifest.name, rule, _now(st)) if rule is not None else "no rule"
-        if why:
-            raise SignatureError(f"{where}: signed by key {keyid[:16]}..., which does not count for this bundle ({why})",
-                                 member=where)
-        checked, reason = True, ""
+        checked, reason = not why, (f"{why}: {bound}" if why else "")
     else:
         if keyid not in {s.key_id for s in report.signers}:
             raise SignatureError(f"{where}: signed by key {keyid[:16]}..., which signed none of this bundle's signature "
                                  "files", member=where)
-        checked = False
-        reason = (f"key {keyid[:16]}... is not in the trust policy: the provenance is authentic as a signed member "
-                  "of the bundle, its own signature is not checked")
+        checked, reason = False, f"key not in the trust policy: {bound}"
     statement, subjects = parse_provenance_statement(payload, where)
     engines = sorted((e.path, e.sha256) for e in st.manifest.engines)
     if sorted(subjects) != engines:
