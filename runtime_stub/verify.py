@@ -2930,13 +2930,13 @@ def check_provenance(raw: bytes, st: "_State", where: str) -> ProvenanceReport:
     Its signer is the envelope's ``keyid``. When the trust policy holds that key, the signature
     MUST verify under it [signature] (a signature that claims a trusted key and does not verify
     is never ignored, as in section 7 step 4); it is ``checked`` when the key also counts for
-    this bundle's name (not revoked, inside its validity window, allowed by the rule). Otherwise
-    the key MUST be one that signed one of the bundle's signature files, by their hints
-    [signature]: then its signature cannot be checked here, and the provenance is as authentic as
-    any other signed member, through the counted bundle signatures that list its digest. Either
-    way its subjects MUST be the manifest's engines exactly, paths and SHA-256 [binding]."""
+    this bundle's name (not revoked, inside its validity window, allowed by the rule). A key the
+    policy does not hold cannot be checked: the provenance is then as authentic as any other
+    signed member, through the counted bundle signatures that list its digest (a bundle
+    countersigned by the only key this host trusts, or re-signed with another tool). Either way
+    its subjects MUST be the manifest's engines exactly, paths and SHA-256 [binding]."""
     keyid, payload, sig = parse_dsse_envelope(raw, where)
-    policy, report = st.policy, st.report
+    policy = st.policy
     assert st.manifest is not None
     tk = policy.keys.get(keyid)
     bound = "the provenance is authentic as a signed member of the bundle; its own signature does not count"
@@ -2946,10 +2946,7 @@ def check_provenance(raw: bytes, st: "_State", where: str) -> ProvenanceReport:
         rule = policy.rule_for(st.manifest.name)
         why = _key_reason(policy, tk, st.manifest.name, rule, _now(st)) if rule is not None else "no rule"
         checked, reason = not why, (f"{why}: {bound}" if why else "")
-    else:
-        if keyid not in {s.key_id for s in report.signers}:
-            raise SignatureError(f"{where}: signed by key {keyid[:16]}..., which signed none of this bundle's signature "
-                                 "files", member=where)
+    else:  # not a key of this host's: nothing to check it with (the bundle may be re-signed, or countersigned)
         checked, reason = False, f"key not in the trust policy: {bound}"
     statement, subjects = parse_provenance_statement(payload, where)
     engines = sorted((e.path, e.sha256) for e in st.manifest.engines)
