@@ -361,3 +361,26 @@ def test_sealing_twice_gives_the_same_bytes(tmp_path, spec_build, keys):
         assert r.code == 0, r.err
         outs.append((tmp_path / str(i) / "tiny-2.0.0.bundle.tar").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_auditor_steps_with_openssl(tmp_path, tiny_bundle, keys):
+    """docs/auditors.md's shell steps, run as written: tar, python3's PAE, openssl, sha256sum."""
+    import shutil
+    import subprocess
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "auditors.md").read_text()
+    section = doc[doc.index("## SLSA provenance, checked with independent tools"):]
+    script = re.search(r"```sh\n(tar -xOf .*?)```", section, re.S).group(1)
+    shutil.copyfile(tiny_bundle, tmp_path / "tiny-1.0.0.bundle.tar")
+    shutil.copyfile(keys["release"]["pub"], tmp_path / "release.pub")
+    p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Verified OK" in p.stdout
+    assert p.stdout.count(".engine: OK") == 2
+    # the same steps with another key fail at openssl
+    shutil.copyfile(keys["other"]["pub"], tmp_path / "release.pub")
+    shutil.rmtree(tmp_path / "x")
+    p = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "Verification failure" in p.stdout + p.stderr
