@@ -26,6 +26,10 @@ BUNDLE may also be a split bundle: its part index (NAME-VERSION.bundle.tar.ID.pa
 `bundle split`) or any one of its parts. Every part is checked against the signed index and the
 bundle is verified streaming part after part, without a joined copy.
 
+A bundle's SLSA v1.0 provenance (provenance/slsa-v1.intoto.json: a DSSE envelope over an
+in-toto Statement v1, one subject per engine) is checked too when present: its signature under
+the trusted keys, its type, and that its subjects are exactly the engines (11 or 16).
+
 Signatures are OpenSSF model-signing v1.0 files (sigstore bundle v0.3 JSON, DSSE envelope,
 in-toto statement) made with ECDSA P-256 keys; the ECDSA verification below is written out in
 pure Python (verification only: no secret is ever handled here, so constant time is not needed).
