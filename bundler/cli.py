@@ -678,6 +678,10 @@ def _print_report(rep) -> None:  # noqa: ANN001 - VerifyReport
 
     for line in part_lines(rep):
         _say(c, Text(line))
+    from runtime_stub.verify import provenance_line  # the signed SLSA provenance, when the bundle has one
+
+    if provenance_line(rep):
+        _say(c, Text(provenance_line(rep)))
     if rep.engines:
         t = Table(title="engines")
         for col in ("engine", "target", "cc", "header", "runs here"):
@@ -1085,3 +1089,4 @@ from . import cli_parts  # noqa: E402,F401 - registers its commands
 from . import cli_audit  # noqa: E402,F401 - registers its commands
 from . import cli_farm  # noqa: E402,F401 - registers its commands
 from . import cli_export  # noqa: E402,F401 - registers its commands
+from . import cli_provenance  # noqa: E402,F401 - registers its commands

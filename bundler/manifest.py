@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 # The schema of everything a bundle promises is defined once, in the shared verification code
 # (runtime_stub/verify.py, standard library only): the library builds these very classes, and
@@ -51,6 +51,21 @@ RUNTIME_DIR = "runtime"  # the loader stub, the verifier and their README, in ev
 
 
 @dataclass
+class BuildProvenance:
+    """What a build knew about its own run that its engine records do not say, for the SLSA
+    provenance that `seal` signs (bundler/provenance.py): what it was asked (``parameters``:
+    targets, precisions, profiles, flags, the spec file's digest) and when and where it ran.
+    Recorded in ``build.json`` so that sealing the same build directory twice gives the same
+    provenance: its times are the build's, never the clock at sealing."""
+
+    started: str  # UTC, YYYY-MM-DDTHH:MM:SSZ: the build began (before the golden CPU run)
+    finished: str  # UTC: every engine was built
+    host: str  # the host that ran `bundle build` (each engine's own build host is in its record)
+    invocation: str  # a random id of this build run (SLSA runDetails.metadata.invocationId)
+    parameters: Dict[str, Any]  # SLSA externalParameters of this build (docs/bundle-format.md section 14)
+
+
+@dataclass
 class BuildRecord:
     """``build.json`` in a build directory: the output of `bundle build`, the input of `seal`."""
 
@@ -61,6 +76,7 @@ class BuildRecord:
     golden: Optional[GoldenInfo] = None
     variants: List[PrecisionVariant] = field(default_factory=list)
     format: str = BUILD_FORMAT_VERSION
+    provenance: Optional[BuildProvenance] = None  # absent in build directories made before provenance existed
 
 
 T = TypeVar("T")

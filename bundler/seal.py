@@ -38,6 +38,8 @@ from .manifest import (
     to_json,
 )
 from .model import sha256_file
+from .provenance import PROVENANCE, sign_envelope
+from .provenance import make_statement as make_provenance
 from .signing import SIGNATURES_DIR, LedgerHead, key_id, make_statement, sign_statement, subject_digest
 
 
@@ -251,6 +253,11 @@ def seal(
         variants=variants,
         tool={"name": "trt-bundler", "version": __version__},
     )
+    # The SLSA provenance: made from the build records and the manifest's engines (never from the
+    # clock: sealing again gives the same bytes), signed with the sealing key, and then a signed
+    # member like any other, listed in the manifest, SHA256SUMS and the statement.
+    provenance = sign_envelope(make_provenance(records, manifest), key)
+    manifest.files.append(FileEntry(PROVENANCE, len(provenance), hashlib.sha256(provenance).hexdigest()))
     manifest_bytes = to_json(manifest)
     all_entries = [FileEntry(MANIFEST, len(manifest_bytes), hashlib.sha256(manifest_bytes).hexdigest())]
     all_entries += manifest.files
@@ -296,6 +303,7 @@ def seal(
                     progress(p.entry.path, done, total)
             for path, data, mode in runtime:
                 tw.add_bytes(f"{root}/{path}", data, mode)
+            tw.add_bytes(f"{root}/{PROVENANCE}", provenance)
             tw.close()
             os.fsync(fd)
             digest = tw.hexdigest()

@@ -12,6 +12,8 @@ are each one `InputError` (exit 3) naming the file and the key.
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 import sys
 from dataclasses import dataclass
@@ -348,6 +350,7 @@ def load_spec(path: Union[str, Path]) -> List[SpecEntry]:
             req = request_from_flags(model, values.pop("name"), values.pop("version"), targets, **values)
         except InputError as e:
             raise ctx.error(None, e.message) from None
+        req.spec = {"name": path.name, "sha256": hashlib.sha256(raw).hexdigest()}  # the bytes parsed, for provenance
         entries.append(SpecEntry(i, req))
     return entries
 

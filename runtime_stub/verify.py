@@ -26,6 +26,10 @@ BUNDLE may also be a split bundle: its part index (NAME-VERSION.bundle.tar.ID.pa
 `bundle split`) or any one of its parts. Every part is checked against the signed index and the
 bundle is verified streaming part after part, without a joined copy.
 
+A bundle's SLSA v1.0 provenance (provenance/slsa-v1.intoto.json: a DSSE envelope over an
+in-toto Statement v1, one subject per engine) is checked too when present: its signature under
+the trusted keys, its type, and that its subjects are exactly the engines (11 or 16).
+
 Signatures are OpenSSF model-signing v1.0 files (sigstore bundle v0.3 JSON, DSSE envelope,
 in-toto statement) made with ECDSA P-256 keys; the ECDSA verification below is written out in
 pure Python (verification only: no secret is ever handled here, so constant time is not needed).
@@ -160,6 +164,7 @@ class ExitCode(enum.IntEnum):
     LEDGER = 25  # the signing ledger's hash chain is broken (docs/ledger.md)
     FARM = 26  # build side: the Ray build farm (not installed, unreachable, no node for a build, a lost build)
     EXPORT = 27  # `bundle export`: an authentic bundle that cannot become the model asked for (RTX-only for Triton, ...)
+    PROVENANCE = 28  # `bundle provenance`: an authentic bundle that carries no SLSA provenance (sealed before it existed)
 
 
 class BundleError(Exception):
@@ -1987,6 +1992,7 @@ class VerifyReport:
     content_digest: Optional[str] = None  # the accepted statement's subject digest (subject_digest)
     host_state: "Optional[StateReport]" = None  # what the host state said (--state), else None
     parts: "Optional[PartsReport]" = None  # a split bundle: the part index and every part's check
+    provenance: "Optional[ProvenanceReport]" = None  # the SLSA provenance member, once checked; None when absent
     # The schema-checked manifest whose digest matched the signed one (None before that), for
     # callers that need more than the report (`bundle audit`: precisions, build hosts) without
     # reading the bundle a second time. Not part of the JSON report.
@@ -1995,6 +2001,8 @@ class VerifyReport:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(dataclasses.replace(self, manifest=None))
         d.pop("manifest")
+        if d["provenance"] is not None:  # the statement itself is `bundle provenance --json`'s, not the report's
+            d["provenance"].pop("statement")
         if d["error"] is not None:
             d["error"]["class"] = d["error"].pop("failure_class")
         return d
@@ -2033,6 +2041,7 @@ class _State:
         self.dirs = set()  # type: Set[str]
         self.engine_heads = {}  # type: Dict[str, bytes]
         self.sums_raw = None  # type: Optional[bytes]
+        self.provenance_raw = None  # type: Optional[bytes]
         self.policy = TrustPolicy(keys={}, rules=[])
 
 
@@ -2182,7 +2191,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
             raise MembersError(f"{member.name}: extra member, not in the signed file list", member=member.name)
         _check_size(st, fr, rel, member.name, member.size)
         h = hashlib.sha256()
-        keep = bytearray() if rel in (MANIFEST, SHA256SUMS) else None  # type: Optional[bytearray]
+        keep = bytearray() if rel in (MANIFEST, SHA256SUMS, PROVENANCE) else None  # type: Optional[bytearray]
         head = bytearray()
         want_head = _wants_head(rel)
         update = h.update
@@ -2210,6 +2219,8 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
             _load_manifest(bytes(keep or b""), st, root, root)
         elif rel == SHA256SUMS:
             st.sums_raw = bytes(keep or b"")
+        elif rel == PROVENANCE:
+            st.provenance_raw = bytes(keep or b"")
         member = reader.next()
     if not reader.finished:  # pragma: no cover - next() returns None only at the end
         raise ArchiveError("archive did not end cleanly")
@@ -2239,6 +2250,8 @@ def _check_size(st: _State, fr: FileReport, rel: str, full: str, size: int) -> N
         fr.size, fr.status = size, "size-mismatch"
         raise DigestError(f"{full}: size {size} differs from the signed {expected_size}", member=full)
     if rel in (MANIFEST, SHA256SUMS) and size > MAX_MANIFEST_SIZE:
+        raise LimitsError(f"{full}: {rel} of {size} bytes is over the limit", member=full)
+    if rel == PROVENANCE and size > MAX_PROVENANCE_SIZE:  # it is kept in memory, like the manifest
         raise LimitsError(f"{full}: {rel} of {size} bytes is over the limit", member=full)
 
 
@@ -2579,6 +2592,8 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
         got = parse_sums(st.sums_raw)
         if got != expected:
             raise BindingError(f"{root}/{SHA256SUMS}: does not list exactly the signed files and digests", member=f"{root}/{SHA256SUMS}")
+    if st.provenance_raw is not None:
+        st.report.provenance = check_provenance(st.provenance_raw, st, f"{root}/{PROVENANCE}")
 
 
 _SUMS_LINE = re.compile(rb"([0-9a-f]{64})  ([^\x00-\x1f\x7f\\]+)")
@@ -2809,11 +2824,154 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
     for rel in order:
         fr = st.files[rel]
         want_head = _wants_head(rel)
-        size, digest, head, raw = _hash_file(full(rel), want_head, MAX_MANIFEST_SIZE if rel == SHA256SUMS else None, buf)
+        keep_limit = MAX_MANIFEST_SIZE if rel == SHA256SUMS else MAX_PROVENANCE_SIZE if rel == PROVENANCE else None
+        size, digest, head, raw = _hash_file(full(rel), want_head, keep_limit, buf)
         _check_size(st, fr, rel, full(rel), size)  # it changed since the walk
         _check_digest(st, fr, rel, full(rel), size, digest, head if want_head else None)
         if rel == SHA256SUMS:
             st.sums_raw = raw
+        elif rel == PROVENANCE:
+            st.provenance_raw = raw
+
+
+# == SLSA provenance (docs/bundle-format.md section 14) =========================================
+
+PROVENANCE = "provenance/slsa-v1.intoto.json"  # the one member path this section judges
+SLSA_PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+MAX_PROVENANCE_SIZE = 4 << 20  # a statement names each engine once: far below this
+
+
+@dataclass
+class ProvenanceReport:
+    """The bundle's SLSA v1 provenance (``provenance/slsa-v1.intoto.json``) after its checks.
+
+    ``checked``: its own DSSE signature verified under ``key_id``, a key that counts for this
+    bundle. False when that key is not in the trust policy (a bundle countersigned by the only
+    key this host trusts): then the provenance is authentic only as a signed member of the
+    bundle, whose counted signatures list its digest; ``reason`` says so."""
+
+    path: str
+    key_id: str
+    checked: bool
+    reason: str = ""
+    build_type: str = ""
+    builder: str = ""
+    subjects: int = 0
+    statement: Optional[Dict[str, Any]] = None  # the verified in-toto statement; not in the JSON report
+
+
+class ProvenanceMissingError(BundleError):
+    """An authentic bundle without a provenance member (sealed before bundler wrote one): not a
+    finding about the bundle, which verifies, but nothing for `bundle provenance` to show."""
+
+    code = ExitCode.PROVENANCE
+
+
+def parse_dsse_envelope(raw: bytes, where: str) -> Tuple[str, bytes, bytes]:
+    """(keyid, payload, signature) of a bare DSSE envelope with one signature (the provenance
+    member: DSSE's own JSON form, as in-toto and cosign write attestations). Strict JSON,
+    payload type in-toto, canonical base64, and a ``keyid`` that is a key id (section 6.3):
+    the key that signed it, which selects the trusted key to check it with."""
+    try:
+        doc = loads_strict(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        if doc.get("payloadType") != PAYLOAD_TYPE:
+            raise ValueError(f"payloadType {_clip40(str(doc.get('payloadType')))!r}, not {PAYLOAD_TYPE}")
+        sigs = doc["signatures"]
+        if not isinstance(sigs, list) or len(sigs) != 1 or not isinstance(sigs[0], dict):
+            raise ValueError("expected exactly one DSSE signature")
+        keyid = sigs[0].get("keyid")
+        if not isinstance(keyid, str) or not KEY_ID_RE.match(keyid):
+            raise ValueError("the signature's keyid is not a key id (64 lower-case hex digits)")
+        payload = b64_canonical(doc["payload"])
+        sig = b64_canonical(sigs[0]["sig"])
+    except RecursionError:
+        raise SignatureError(f"{where}: not a DSSE envelope (nested too deeply)", member=where) from None
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise SignatureError(f"{where}: not a DSSE envelope ({e})", member=where) from None
+    return keyid, payload, sig
+
+
+def parse_provenance_statement(payload: bytes, where: str) -> Tuple[Dict[str, Any], List[Tuple[str, str]]]:
+    """The statement and its subjects [(name, sha256)]: an in-toto Statement v1 with predicate
+    type SLSA provenance v1, each subject ``{"name": str, "digest": {"sha256": hex64}}`` and no
+    name twice, a predicate with ``buildDefinition`` (``buildType``, ``externalParameters``) and
+    ``runDetails.builder.id`` (the fields SLSA v1.0 requires)."""
+    try:
+        st = loads_strict(payload)
+        if not isinstance(st, dict):
+            raise ValueError("not a JSON object")
+        if st.get("_type") != STATEMENT_TYPE:
+            raise ValueError(f"statement type {_clip40(str(st.get('_type')))!r}")
+        if st.get("predicateType") != SLSA_PREDICATE_TYPE:
+            raise ValueError(f"predicate type {_clip40(str(st.get('predicateType')))!r}, not {SLSA_PREDICATE_TYPE}")
+        subjects = []  # type: List[Tuple[str, str]]
+        for s in st["subject"]:
+            name, digest = s["name"], s["digest"]
+            if not isinstance(name, str) or not isinstance(digest, dict) or list(digest) != ["sha256"] \
+                    or not isinstance(digest["sha256"], str) or not _HEX64.fullmatch(digest["sha256"]):
+                raise ValueError("bad subject entry")
+            if any(n == name for n, _ in subjects):
+                raise ValueError("a subject listed twice")
+            subjects.append((name, digest["sha256"]))
+        pred = st["predicate"]
+        bd, rd = pred["buildDefinition"], pred["runDetails"]
+        if not isinstance(bd["buildType"], str) or not isinstance(bd["externalParameters"], dict):
+            raise ValueError("buildDefinition needs buildType and externalParameters")
+        if not isinstance(rd["builder"]["id"], str):
+            raise ValueError("runDetails.builder.id is not a string")
+    except RecursionError:
+        raise SignatureError(f"{where}: provenance statement is malformed (nested too deeply)", member=where) from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, UnicodeDecodeError) as e:
+        raise SignatureError(f"{where}: provenance statement is malformed ({e})", member=where) from None
+    return st, subjects
+
+
+def check_provenance(raw: bytes, st: "_State", where: str) -> ProvenanceReport:
+    """The provenance member's rules (docs/bundle-format.md section 14), run once the bundle's
+    signatures counted and every member matched its signed digest.
+
+    Its signer is the envelope's ``keyid``. When the trust policy holds that key, the signature
+    MUST verify under it [signature] (a signature that claims a trusted key and does not verify
+    is never ignored, as in section 7 step 4); it is ``checked`` when the key also counts for
+    this bundle's name (not revoked, inside its validity window, allowed by the rule). A key the
+    policy does not hold cannot be checked: the provenance is then as authentic as any other
+    signed member, through the counted bundle signatures that list its digest (a bundle
+    countersigned by the only key this host trusts, or re-signed with another tool). Either way
+    its subjects MUST be the manifest's engines exactly, paths and SHA-256 [binding]."""
+    keyid, payload, sig = parse_dsse_envelope(raw, where)
+    policy = st.policy
+    assert st.manifest is not None
+    tk = policy.keys.get(keyid)
+    bound = "the provenance is authentic as a signed member of the bundle; its own signature does not count"
+    if tk is not None:
+        if not st.ecdsa(tk.key, sig, pae(PAYLOAD_TYPE, payload)):
+            raise SignatureError(f"{where}: signature does not verify under trusted key {keyid[:16]}...", member=where)
+        rule = policy.rule_for(st.manifest.name)
+        why = _key_reason(policy, tk, st.manifest.name, rule, _now(st)) if rule is not None else "no rule"
+        checked, reason = not why, (f"{why}: {bound}" if why else "")
+    else:  # not a key of this host's: nothing to check it with (the bundle may be re-signed, or countersigned)
+        checked, reason = False, f"key not in the trust policy: {bound}"
+    statement, subjects = parse_provenance_statement(payload, where)
+    engines = sorted((e.path, e.sha256) for e in st.manifest.engines)
+    if sorted(subjects) != engines:
+        diff = sorted(set(subjects) ^ set(engines))
+        raise BindingError(f"{where}: its subjects are not the bundle's engines ({diff[0][0] if diff else 'count'})",
+                           member=where)
+    bd, rd = statement["predicate"]["buildDefinition"], statement["predicate"]["runDetails"]
+    return ProvenanceReport(PROVENANCE, keyid, checked, reason, bd["buildType"], rd["builder"]["id"], len(subjects),
+                            statement)
+
+
+def provenance_line(rep: VerifyReport) -> str:
+    """The provenance's line in both verifiers' human reports (escaped: it quotes the bundle)."""
+    p = rep.provenance
+    if p is None:
+        return "provenance: none in this bundle" if rep.ok else ""
+    how = "signature valid" if p.checked else "signer not trusted here; bound by the bundle's signature"
+    return printable(f"provenance: SLSA v1, {p.subjects} engines, builder {p.builder}, signed by "
+                     f"{shown_key_id(p.key_id)} [{how}]")
 
 
 # == host check (bundler/verify.py host_report, bundler/cuda.py) ===============================
@@ -4300,6 +4458,8 @@ def _print_report(rep: VerifyReport) -> None:
     print(f"files:   {ok_files}/{len(rep.files)} match the signed digests")
     for line in part_lines(rep):
         print(line)
+    if provenance_line(rep):
+        print(provenance_line(rep))
     for e in rep.engines:
         hdr = ("onnx (cpu)" if e.backend == "onnxruntime" else "-") if e.header is None else f"{e.header.product} {e.header.version}" + (" ok" if e.header_ok else " MISMATCH")
         runs = "-" if e.runnable_here is None else ("yes" if e.runnable_here else f"no: {e.reason}")

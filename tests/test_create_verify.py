@@ -24,7 +24,8 @@ def test_bundle_layout_and_order(tiny_bundle, keys):
     assert engines == [f"{root}/engines/tiny_16x16_fp32_rtx5090.engine", f"{root}/engines/tiny_16x16_fp32_sm86.engine"]
     assert f"{root}/engines/tiny_16x16_fp32_sm86.log" in names
     assert names.index(f"{root}/model/tiny.onnx") > names.index(engines[-1])
-    assert names[-1].startswith(f"{root}/runtime/")
+    assert names[-2].startswith(f"{root}/runtime/")
+    assert names[-1] == f"{root}/provenance/slsa-v1.intoto.json"  # the SLSA provenance comes last
     with tarfile.open(tiny_bundle) as tf:
         for m in tf.getmembers():
             assert m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == ""

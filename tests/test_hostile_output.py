@@ -144,11 +144,37 @@ def test_hostile_hint_inspect(hostile_hint, pub) -> None:  # noqa: ANN001
 HOSTILE_ENGINE = f"engines/{HOSTILE_NAME}.engine"
 
 
+def _hostile_provenance(entries: List[Entry], key: Path) -> bytes:
+    """The SLSA provenance re-signed by the trusted key: the renamed engine as its subject (so it
+    still binds), markup and escape sequences as its builder id and host."""
+    import base64
+
+    from bundler.provenance import PROVENANCE, sign_envelope
+    from bundler.signing import load_private_key
+
+    i = find(entries, PROVENANCE)
+    st = json.loads(base64.b64decode(json.loads(entries[i][1])["payload"]))
+    for sub in st["subject"]:
+        if sub["name"] == ENGINE:
+            sub["name"] = HOSTILE_ENGINE
+    st["predicate"]["runDetails"]["builder"]["id"] = HOSTILE
+    st["predicate"]["runDetails"]["metadata"]["trtbundler_host"] = HOSTILE
+    env = sign_envelope((json.dumps(st, sort_keys=True, indent=2) + "\n").encode(), load_private_key(key, None))
+    entries[i] = reg(entries[i][0].name, env)
+    return env
+
+
 def _hostile_signed(entries: List[Entry], key: Path) -> List[Entry]:
+    import hashlib
+
     i = find(entries, ENGINE)
     entries[i] = reg(f"{ROOT}/{HOSTILE_ENGINE}", entries[i][1])
+    prov = _hostile_provenance(entries, key)
 
     def edit(doc: dict) -> None:
+        for f in doc["files"]:
+            if f["path"] == "provenance/slsa-v1.intoto.json":
+                f["size"], f["sha256"] = len(prov), hashlib.sha256(prov).hexdigest()
         doc["created"] = HOSTILE
         doc["model"]["inputs"][0]["name"] = HOSTILE
         doc["tool"] = {HOSTILE: HOSTILE}
@@ -184,6 +210,15 @@ def test_hostile_signed_manifest_verifies_and_prints_plain(hostile_signed, pub, 
     assert HOSTILE_ENGINE in {e["path"] for e in doc["engines"]}
     assert (dest / HOSTILE_ENGINE).is_file()  # extraction happened, and its line is plain too
     assert "extracted to " + printable(dest) in ext.out
+    # the SLSA provenance: its builder id and host are the trusted signer's markup, shown escaped
+    assert "provenance: SLSA v1, 2 engines, builder " + printable(HOSTILE) in plain.out
+    pplain, pjs = both(("provenance", hostile_signed, "--trust", pub), ("provenance", hostile_signed, "--trust", pub, "--json"))
+    for r in (pplain, pjs):
+        assert_clean(r, code=0)
+        assert_no_verified_spoof(r)
+    assert "builder:    " + printable(HOSTILE) in pplain.out and "host:       " + printable(HOSTILE) in pplain.out
+    assert printable(HOSTILE_ENGINE) in pplain.out
+    assert json.loads(pjs.out)["predicate"]["runDetails"]["builder"]["id"] == HOSTILE and pjs.out.isascii()
 
 
 def test_hostile_signed_manifest_inspect(hostile_signed, pub) -> None:  # noqa: ANN001

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -87,7 +89,9 @@ def _comparable(manifest: dict) -> dict:
         for k in ("started", "duration_s", "host", "sha256", "size"):
             e.pop(k)
     for f in m["files"]:
-        if f["path"].startswith("engines/"):  # TensorRT rebuilds are not always byte-identical
+        # TensorRT rebuilds are not always byte-identical; the SLSA provenance records each
+        # build's times and its spec file (tests/test_provenance.py checks its content)
+        if f["path"].startswith("engines/") or f["path"] == "provenance/slsa-v1.intoto.json":
             f.pop("sha256")
             f.pop("size")
     return m
@@ -162,7 +166,9 @@ accept_accuracy_loss = true
         calibration=tmp_path / "calib", jobs=2, timing_cache=tmp_path / "cache" / "tc.bin",
         sample_values=["x=0.5", "flag=true", "n=7"], keep_fp32=["auto", "Conv_0"], accept_accuracy_loss=True,
     )
-    assert entry.request == want
+    # the one difference: a spec's request names its spec file, for the SLSA provenance
+    assert entry.request.spec == {"name": spec.name, "sha256": hashlib.sha256(spec.read_bytes()).hexdigest()}
+    assert dataclasses.replace(entry.request, spec=None) == want
     assert entry.request.keep_fp32 == ["auto", "Conv_0"] and entry.request.accept_accuracy_loss is True
     assert entry.request.sample_values == {"x": 0.5, "flag": True, "n": 7}
     assert entry.bundle_name == "m-0.1.0"

@@ -46,7 +46,9 @@ MEMBERS = [
     "model/tiny.onnx",
     "golden/inputs.npz",
     "golden/outputs.npz",
-] + [f"{RUNTIME_DIR}/{name}" for name, _, _ in runtime_files()]  # the loader stub, last
+] + [f"{RUNTIME_DIR}/{name}" for name, _, _ in runtime_files()] + [  # the loader stub
+    "provenance/slsa-v1.intoto.json",  # the SLSA provenance, last
+]
 ENGINE = "engines/tiny_16x16_fp32_sm86.engine"
 LAST = MEMBERS[-1]
 

@@ -53,6 +53,9 @@ class BuildRequest:
     timing_cache: Optional[Path] = None  # full TensorRT only: read, updated, recorded
     keep_fp32: List[str] = field(default_factory=list)  # fp16/bf16: node names, and/or "auto"
     accept_accuracy_loss: bool = False  # build a variant outside its selftest tolerance anyway
+    # the spec file this request came from: {"name": file name, "sha256": its digest}, for the
+    # SLSA provenance's externalParameters (bundler/provenance.py); None for command-line flags
+    spec: Optional[Dict[str, str]] = None
 
 
 class Backend(Protocol):
@@ -231,6 +234,7 @@ class Plan:
     resolved: list  # (Backend, Target), one per target
     calibration: object
     golden: object  # golden.Golden or None
+    started: str = ""  # UTC, when planning began: the build's start in its SLSA provenance
 
     def builders(self) -> Dict[str, Optional[dict]]:
         """Backend name -> `identity()` (product and exact version, for cache keys); None where
@@ -251,13 +255,16 @@ class Staged:
 def plan_build(request: BuildRequest, gpu_backend: Optional[Backend] = None) -> Plan:
     """Every check that needs no output directory, then the golden data (a CPU run). A farm passes
     its own ``gpu_backend`` (one that builds on another host), else `select_backend` picks one."""
+    from ..provenance import utc_now
+
+    started = utc_now()
     model, profiles, precisions, resolved, calibration = _plan_checks(request, gpu_backend)
     golden = None
     if request.golden:
         from ..golden import make_golden
 
         golden = make_golden(request.model, model, profiles[0], request.sample_input, values=request.sample_values)
-    return Plan(request, model, profiles, precisions, resolved, calibration, golden)
+    return Plan(request, model, profiles, precisions, resolved, calibration, golden, started)
 
 
 def stage_build(plan: Plan, staging: Path) -> Staged:
@@ -292,9 +299,12 @@ def stage_build(plan: Plan, staging: Path) -> Staged:
 
 def finish_build(plan: Plan, staged: Staged, records: List[EngineRecord], staging: Path) -> BuildRecord:
     """Write ``build.json``: the staging directory is now a complete build directory."""
+    from ..provenance import record_build
+    from ..provenance import utc_now as plan_started_fallback
+
     record = BuildRecord(
         name=plan.request.name, version=plan.request.version, model=plan.model, engines=records,
-        golden=staged.golden_info, variants=staged.variants,
+        golden=staged.golden_info, variants=staged.variants, provenance=record_build(plan, plan.started or plan_started_fallback()),
     )
     (staging / BUILD_RECORD).write_bytes(to_json(record))
     os.chmod(staging, 0o755)  # mkdtemp made it 0700
