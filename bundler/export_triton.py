@@ -400,19 +400,6 @@ def _dir_locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _fsync_tree(top: Path) -> None:
-    """Every file and directory under ``top`` (and ``top``) on disk before it is published: a
-    power cut after the rename must not leave an engine of the right name and the wrong bytes."""
-    for dirpath, _dirs, files in os.walk(top):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
 def _write_new(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
@@ -549,7 +536,10 @@ def _publish(work: Path, extracted: Path, repository: Path, result: TritonExport
     entry = _mapping_entry(result.name, result.semver, result.content_digest, result.bundle_sha256, result.files)
     _write_new(staged_model / "config.pbtxt", plan.config)
     _write_new(staged_model / MAPPING_FILE, _mapping_bytes(name, {str(number): entry}))
-    _fsync_tree(staged_model)
+    # the moved files were fsynced by the extraction sink, the two new ones by _write_new: what
+    # is left to make durable before the rename is the two directories' entries
+    fsync_dir(staged_version)
+    fsync_dir(staged_model)
     target = repository / name
     if not target.exists() and not target.is_symlink():
         try:

@@ -29,7 +29,8 @@ import types
 from pathlib import Path
 
 
-def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize, run_case) -> int:  # noqa: ANN001
+def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize, run_case,  # noqa: ANN001
+              verbose: bool = False) -> int:
     """mutation/oracle.py's loop, against an already-compiled module: 0 when every case gives its
     expected code and message (tests/data/verifier-messages.json), else 1. ``run_case`` is
     tests/test_verifier_cases.py's, so a case runs here exactly as the suite runs it."""
@@ -48,6 +49,8 @@ def run_cases(module: types.ModuleType, corpus: dict, ecdsa, normalize, run_case
             ok = bool(got.message) and (case.get("message") is None
                                         or normalize(got.message, Path(case["target"])) == case["message"])
         if not ok:
+            if verbose:
+                print(f"{case['id']}: expected {case['code']}, got {got.code} ({got.message})")
             return 1
     return 0
 

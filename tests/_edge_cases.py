@@ -38,6 +38,12 @@ def _tar(edit: Callable[[List[Entry], dict], List[Entry]]) -> Build:
     return build
 
 
+def _fix_checksum(data: bytearray, off: int) -> None:
+    """The ustar checksum of the header at ``off``, recomputed after a hand edit."""
+    data[off + 148:off + 156] = b" " * 8
+    data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+
+
 def _patched(rel: str, at: int, value: bytes, edit: Callable[[List[Entry], dict], List[Entry]] = None) -> Build:
     """Header bytes of member ``rel`` overwritten by hand (what tarfile will not write), checksum fixed."""
     def build(good: Path, work: Path, ctx: dict) -> Path:
@@ -46,8 +52,7 @@ def _patched(rel: str, at: int, value: bytes, edit: Callable[[List[Entry], dict]
         data = bytearray(src.read_bytes())
         off = sv.data_offsets(src)[f"{ROOT}/{rel}"][0]
         data[off + at:off + at + len(value)] = value
-        data[off + 148:off + 156] = b" " * 8
-        data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+        _fix_checksum(data, off)
         out = work / "case.tar"
         out.write_bytes(bytes(data))
         src.unlink()
@@ -102,8 +107,7 @@ def _shadow(ustar_name: str) -> Build:
         off = sv.data_offsets(base)[f"{ROOT}/{rel}"][0]
         data = bytearray(base.read_bytes())
         data[off:off + 100] = ustar_name.encode().ljust(100, b"\0")[:100]
-        data[off + 148:off + 156] = b" " * 8
-        data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+        _fix_checksum(data, off)
         rec = _pax_record("path", f"{ROOT}/{rel}")
         ti = tarfile.TarInfo("././@PaxHeader")
         ti.type, ti.size, ti.mtime = tarfile.XHDTYPE, len(rec), 0
