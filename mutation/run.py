@@ -108,6 +108,7 @@ def build_corpus(work: Path, repo: Path, env: dict) -> Path:
     corpus = work / "corpus.json"
     if corpus.exists():
         return corpus
+    shutil.rmtree(work / "corpus", ignore_errors=True)  # what a failed or interrupted build left
     # One normal run of the case module makes the keys and the bundle into the cache and proves
     # that every case gives its expected code on the unmutated code.
     sh(sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=",
@@ -120,7 +121,8 @@ import test_verifier_cases as tc
 from runtime_stub import verify as shared
 cache = Path({str(work / 'cache')!r}); out = Path({str(work / 'corpus')!r})
 good = cache / "dist" / "tiny-1.0.0.bundle.tar"
-keys = {{n: {{"key": cache / "keys" / (n + ".key"), "pub": cache / "keys" / (n + ".pub")}} for n in ("release", "other")}}
+keys = {{n: {{"key": cache / "keys" / (n + ".key"), "pub": cache / "keys" / (n + ".pub"),
+             "id": (cache / "keys" / (n + ".id")).read_text()}} for n in ("release", "other")}}
 extracted = out / "_extracted"
 import tarfile
 with tarfile.open(good) as tf:
