@@ -2043,6 +2043,13 @@ class _State:
         self.sums_raw = None  # type: Optional[bytes]
         self.provenance_raw = None  # type: Optional[bytes]
         self.policy = TrustPolicy(keys={}, rules=[])
+        self.threaded = True
+        self.probe = None  # type: Optional[HostProbe]
+
+    def signatures_checked(self) -> None:
+        """A trusted signature holds: start asking about the host (`HostProbe`) while the rest streams."""
+        if self.threaded and self.probe is None:
+            self.probe = HostProbe()
 
 
 def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy], limits: Limits = Limits(),
@@ -2077,6 +2084,7 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
     report = VerifyReport(bundle=str(path))
     state = _State(report, ecdsa, sink, allow_expired=allow_expired, now=now)
     state.policy = policy
+    state.threaded = threaded
     try:
         if is_dir:
             try:
@@ -2100,7 +2108,7 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
                 finally:
                     reader.close()
         _check_manifest_semantics(state, str(path) if is_dir else None)
-        report.host = host_report(state.manifest, report.engines, required=require_host)
+        report.host = host_report(state.manifest, report.engines, required=require_host, probe=state.probe)
         if require_host and not report.host.runnable:
             raise HostError("no engine in this bundle can run on this host (see the host section of the report)")
         report.ok = True
@@ -2109,6 +2117,8 @@ def verify_bundle(path: Path, trusted: Union[Dict[str, TrustedKey], TrustPolicy]
         report.ok = False
         report.exit_code = int(e.code)
         report.error = Failure(int(e.code), e.failure_class, e.member, e.message)
+        if state.probe is not None:  # refused after the signatures: no thread outlives the call
+            state.probe.wait()
     if state.statement is not None:  # what the trusted signature covers, whoever countersigned it
         report.content_digest = subject_digest(state.statement.resources)
     report.files = sorted(state.files.values(), key=lambda r: r.path)
@@ -2154,6 +2164,7 @@ def _run(reader: StrictTarReader, trusted: Dict[str, TrustedKey], st: _State) ->
         raise SignatureError(f"no signature: a bundle's first members must be {root}/{SIGNATURES_DIR}/*.sig")
     st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
     _record_expiry(st, sig_files)
+    st.signatures_checked()
     if st.statement.subject != root:
         raise BindingError(
             f"the signature is for {st.statement.subject!r} but the bundle's directory is {root!r}", member=root
@@ -2787,6 +2798,7 @@ def _run_directory(top: Path, trusted: Dict[str, TrustedKey], st: _State, limits
         raise SignatureError(f"no signature: {full(SIGNATURES_DIR)}/ holds no *.sig file")
     st.statement = _check_signatures(sig_files, st.policy, report, st.ecdsa)
     _record_expiry(st, sig_files)
+    st.signatures_checked()
     signed = st.statement.resources
     for p, d in signed.items():
         st.files[p] = FileReport(p, None, d)
@@ -3076,9 +3088,38 @@ def installed_runtimes() -> Dict[str, str]:
     return found
 
 
-def host_report(manifest: Optional[Manifest], engines: List[EngineReport], required: bool = False) -> HostReport:
-    gpus = query_gpus()
-    runtimes = installed_runtimes()
+class HostProbe:
+    """This host's GPUs and TensorRT runtimes, asked on a worker thread while the bundle streams.
+
+    Why: neither the driver query (cuInit: 0.1 to 1 s on a GPU host) nor the runtime lookup
+    (package metadata: tens of ms) depends on the bundle's bytes, so neither has to wait for the
+    pass to end. The pipeline starts one only after a trusted signature has been checked, so a
+    bundle refused before that costs nothing more; unthreaded runs ask at the end instead."""
+
+    def __init__(self) -> None:
+        self._answer = None  # type: Any
+        self._thread = threading.Thread(target=self._ask, name="bundle-host-probe", daemon=True)
+        self._thread.start()
+
+    def _ask(self) -> None:
+        try:
+            self._answer = (query_gpus(), installed_runtimes())
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that asks for the answer
+            self._answer = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def answer(self) -> Tuple[List[GpuReport], Dict[str, str]]:
+        self._thread.join()
+        if isinstance(self._answer, BaseException):
+            raise self._answer
+        return self._answer
+
+
+def host_report(manifest: Optional[Manifest], engines: List[EngineReport], required: bool = False,
+                probe: Optional[HostProbe] = None) -> HostReport:
+    gpus, runtimes = probe.answer() if probe is not None else (query_gpus(), installed_runtimes())
     rep = HostReport(gpus=gpus, runtimes=runtimes, required=required)
     for er in engines:
         header = er.header

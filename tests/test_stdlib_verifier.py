@@ -1038,6 +1038,42 @@ def test_runtime_lookup_without_packages_distributions(sv, monkeypatch):
     assert sv.installed_runtimes()["tensorrt-rtx"] == metadata.version(want["tensorrt_rtx"][0])
 
 
+def test_host_probe_runs_beside_the_pass_and_never_outlives_it(sv, tiny_bundle, keys, entries, tmp_path, monkeypatch):
+    """The host query (GPUs, runtimes) runs on a worker thread, started only once a trusted
+    signature holds: a bundle refused before that never starts one, one refused after waits for
+    it, and no probe thread outlives a verdict. Threaded and unthreaded runs report the same host."""
+    import threading
+
+    started = []
+
+    class Counted(sv.HostProbe):
+        def __init__(self) -> None:
+            started.append(self)
+            super().__init__()
+
+    monkeypatch.setattr(sv, "HostProbe", Counted)
+    trust = sv.load_trust([str(keys["release"]["pub"])])
+
+    def probes() -> list:
+        return [t for t in threading.enumerate() if t.name == "bundle-host-probe"]
+
+    threaded = sv.verify_bundle(tiny_bundle, trust)
+    assert threaded.ok and len(started) == 1 and not probes()
+    plain = sv.verify_bundle(tiny_bundle, trust, threaded=False)
+    assert plain.ok and len(started) == 1  # unthreaded: asked at the end, on the caller's thread
+    assert threaded.to_dict()["host"] == plain.to_dict()["host"]
+
+    untrusted = sv.verify_bundle(tiny_bundle, sv.load_trust([str(keys["other"]["pub"])]))
+    assert untrusted.exit_code == 11 and len(started) == 1  # refused at the signatures: never asked
+
+    engine = next(i for i, (ti, _) in enumerate(entries) if ti.name.endswith(".engine"))
+    ti, data = entries[engine]
+    flipped = list(entries)
+    flipped[engine] = (ti, data[:-1] + bytes([data[-1] ^ 1]))
+    late = sv.verify_bundle(write_tar(tmp_path / "flipped.tar", flipped), trust)
+    assert late.exit_code == 12 and len(started) == 2 and not probes()  # digest: after the signatures
+
+
 def test_version_and_name_rules_match_library(sv):
     """The manifest's version must be semver and its name plain, by the library's exact rules
     (bundler.versioning, which re-exports the shared rule): same verdict, same message."""
