@@ -72,7 +72,6 @@ import base64
 import binascii
 import calendar
 import contextlib
-import ctypes
 import dataclasses
 import datetime
 import enum
@@ -1842,7 +1841,8 @@ class StrictTarReader:
         if prefix:
             name = f"{prefix}/{name}"
         if block[157:257].strip(b"\0"):
-            linkname = block[157:257].split(b"\0", 1)[0].decode("utf-8", "replace")
+            # the whole field, NULs dropped: a target hidden after a NUL is still shown
+            linkname = block[157:257].replace(b"\0", b"").decode("utf-8", "replace")
             if block[156:157] not in (b"1", b"2"):
                 raise UnsafeMemberError(f"{name}: link target {linkname!r} on a non-link member", member=name)
         return {
@@ -2992,6 +2992,8 @@ def _load_libcuda() -> Any:
     # The driver's sonames only, found by the dynamic loader. Not ctypes.util.find_library: on
     # Linux it runs ldconfig, then gcc and ld looked up on PATH, so every verification executed
     # programs that are no part of the verifier (a planted `ld` in any PATH directory ran).
+    import ctypes  # here, not at the top: the query runs on the host probe's thread, beside the pass
+
     for name in ("libcuda.so.1", "libcuda.so"):
         try:
             return ctypes.CDLL(name)
@@ -3001,6 +3003,8 @@ def _load_libcuda() -> Any:
 
 
 def query_gpus() -> List[GpuReport]:
+    import ctypes
+
     lib = _load_libcuda()
     if lib is None:
         return []
