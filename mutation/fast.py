@@ -96,13 +96,13 @@ class Positions:
         return self.tree.get_code()
 
 
-def child(source: str, path: str, corpus: dict, ecdsa, normalize, run_case) -> int:  # noqa: ANN001
+def child(source: str, path: str, corpus: dict, ecdsa, normalize, run_case, verbose: bool = False) -> int:  # noqa: ANN001
     module = types.ModuleType("runtime_stub.verify")
     module.__file__ = path
     sys.modules["runtime_stub.verify"] = module
     try:
         exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - the mutant under test
-        return run_cases(module, corpus, ecdsa, normalize, run_case)
+        return run_cases(module, corpus, ecdsa, normalize, run_case, verbose)
     except BaseException:  # noqa: BLE001 - any escape is a change the cases noticed
         return 1
 

@@ -108,43 +108,12 @@ def build_corpus(work: Path, repo: Path, env: dict) -> Path:
     corpus = work / "corpus.json"
     if corpus.exists():
         return corpus
-    shutil.rmtree(work / "corpus", ignore_errors=True)  # what a failed or interrupted build left
     # One normal run of the case module makes the keys and the bundle into the cache and proves
     # that every case gives its expected code on the unmutated code.
     sh(sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=",
        "tests/test_verifier_cases.py", "tests/test_engine_choice.py", cwd=repo, env=env)
-    script = f"""
-import json, shutil, sys
-from pathlib import Path
-sys.path.insert(0, {str(repo / 'tests')!r}); sys.path.insert(0, {str(repo)!r})
-import test_verifier_cases as tc
-from runtime_stub import verify as shared
-cache = Path({str(work / 'cache')!r}); out = Path({str(work / 'corpus')!r})
-good = cache / "dist" / "tiny-1.0.0.bundle.tar"
-keys = {{n: {{"key": cache / "keys" / (n + ".key"), "pub": cache / "keys" / (n + ".pub"),
-             "id": (cache / "keys" / (n + ".id")).read_text()}} for n in ("release", "other")}}
-extracted = out / "_extracted"
-import tarfile
-with tarfile.open(good) as tf:
-    tf.extractall(extracted, filter="data")
-for p in extracted.rglob("*"):
-    p.chmod(0o755 if p.is_dir() else 0o644)
-ctx = {{"keys": keys, "extracted": extracted / tc.sv.ROOT}}
-cases = dict(tc.TABLE); cases.update(tc.generated_cases(good))
-items = []
-for i, (case, (build, code)) in enumerate(sorted(cases.items())):
-    d = out / str(i); d.mkdir(parents=True)
-    target = build(good, d, ctx)
-    message = None if case.startswith("cut/") or not code else tc.expected_messages()[tc.normal_case_id(tc.base_case(case))]
-    trust = [str(keys[n]["pub"]) for n in tc.trust_names(case)]
-    policy = tc.write_policy(case, d, ctx)
-    items.append({{"id": case, "target": str(target), "code": code, "message": message, "trust": trust,
-                  "via": tc.via_of(case), "policy": str(policy) if policy else None, "now": tc.setup_of(case)[1]}})
-doc = {{"repo": {str(repo)!r}, "trust": [str(keys["release"]["pub"])], "cases": items}}
-Path({str(corpus)!r}).write_text(json.dumps(doc, indent=1))
-print(len(items), "cases")
-"""
-    sh(sys.executable, "-c", script, cwd=repo, env=env)
+    sh(sys.executable, str(REPO / "mutation" / "corpus.py"), str(repo), str(work / "cache"), str(work / "corpus"),
+       str(corpus), cwd=repo, env=env)
     return corpus
 
 
