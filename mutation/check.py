@@ -35,7 +35,9 @@ from fast import Positions, child  # noqa: E402 - the forked runner's own parse 
 
 
 def relocate(old: Positions, old_source: str, new: Positions, new_source: str, operator, occurrence: int):  # noqa: ANN001, ANN201
-    """(line, occurrence) in the new source of the mutant ``occurrence`` of the old one, or None."""
+    """(line, occurrence, rank, line text) in the new source of the mutant ``occurrence`` of the
+    old one, or None. The rank is its place among the mutants of that operator on lines of that
+    text: with the operator and the text, the mutant's name in mutation/equivalent/."""
     old_lines, new_lines = old_source.splitlines(), new_source.splitlines()
 
     def line_of(node) -> int:  # noqa: ANN001
@@ -51,7 +53,7 @@ def relocate(old: Positions, old_source: str, new: Positions, new_source: str, o
     cand = [k for k, (n, _) in enumerate(news) if new_lines[line_of(n) - 1].strip() == text]
     if rank >= len(cand):
         return None
-    return line_of(news[cand[rank]][0]), cand[rank]
+    return line_of(news[cand[rank]][0]), cand[rank], rank, text
 
 
 def main() -> int:
@@ -73,14 +75,19 @@ def main() -> int:
     positions = Positions(source)
     old_source = args.source.read_text() if args.source.is_file() else source
     old_positions = positions if old_source == source else Positions(old_source)
-    survivors, stale = [], []
+    judged = set()
+    for path in sorted((HERE / "equivalent").glob("verify-*.json")):
+        judged.update((e["operator"], e["source"], e["rank"]) for e in json.loads(path.read_text()))
+    survivors, stale, equivalent = [], [], 0
     for s in json.loads(args.results.read_text())["survivors"]:
         operator = cosmic_ray.plugins.get_operator("core/" + s["operator"])()
         moved = relocate(old_positions, old_source, positions, source, operator, s["occurrence"])
         if moved is None:
             stale.append(s)
+        elif (s["operator"], moved[3], moved[2]) in judged:
+            equivalent += 1
         else:
-            survivors.append(dict(s, line=moved[0], occurrence=moved[1], operator_obj=operator))
+            survivors.append(dict(s, line=moved[0], occurrence=moved[1], rank=moved[2], operator_obj=operator))
     if args.lines:
         lo, hi = (int(x) for x in args.lines.split("-"))
         survivors = [s for s in survivors if lo <= s["line"] <= hi]
@@ -150,11 +157,12 @@ def main() -> int:
 
     alive = [s for i, s in enumerate(survivors) if outcome.get(i) == "survived"]
     for s in alive:
-        print(f"survives  {s['line']:5d}  {s['operator']:45s} #{s['occurrence']:<3d} {s['source'][:90]}")
+        print(f"survives  {s['line']:5d}  {s['operator']:45s} rank {s['rank']:<2d} {s['source'][:90]}")
     for s in stale:
         print(f"stale     {s['line']:5d}  {s['operator']:45s} (line changed since the session)")
     killed = sum(1 for v in outcome.values() if v == "killed")
-    print(f"{len(survivors)} run: {killed} killed, {len(alive)} survive, {len(stale)} stale; "
+    print(f"{len(survivors)} run: {killed} killed, {len(alive)} survive, {len(stale)} stale, "
+          f"{equivalent} judged equivalent (not run); "
           f"{len(corpus['cases'])} cases; {time.time() - t0:.0f} s")
     return 0
 

@@ -192,6 +192,19 @@ def carry_over(prev: Path, prev_src: str, session: Path, src: str) -> int:
     return n
 
 
+EQUIVALENT = REPO / "mutation" / "equivalent"
+
+
+def equivalents(module: str) -> dict:
+    """(operator, line text, rank) -> why, from mutation/equivalent/<module>-*.json: survivors
+    read and judged equivalent (no input can tell them from the original), each with its reason."""
+    out = {}
+    for path in sorted(EQUIVALENT.glob(f"{module}-*.json")):
+        for e in json.loads(path.read_text()):
+            out[(e["operator"], e["source"], e["rank"])] = e["reason"]
+    return out
+
+
 def report(work: Path, module: str) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
@@ -200,7 +213,9 @@ def report(work: Path, module: str) -> dict:
     src = (repo / ("runtime_stub/verify.py" if module == "verify" else "runtime_stub/loader.py")).read_text().splitlines()
     counts = {"killed": 0, "survived": 0, "incompetent": 0, "pending": 0, "skipped": 0, "error": 0}
     survivors = []
+    judged = equivalents(module)
     with use_db(str(work / f"{module}.sqlite"), WorkDB.Mode.open) as db:
+        keys = _keys(list(db.work_items), src)
         for item, result in db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 counts["skipped"] += 1
@@ -213,12 +228,19 @@ def report(work: Path, module: str) -> dict:
             else:
                 counts["survived"] += 1
                 m = item.mutations[0]
-                survivors.append({"line": m.start_pos[0], "operator": m.operator_name.split("/")[-1],
-                                  "occurrence": m.occurrence, "source": src[m.start_pos[0] - 1].strip(),
-                                  "job": item.job_id})
+                _, text, rank = keys[item.job_id]
+                op = m.operator_name.split("/")[-1]
+                why = judged.get((op, text, rank))
+                survivors.append({"line": m.start_pos[0], "operator": op, "occurrence": m.occurrence,
+                                  "rank": rank, "source": text, "job": item.job_id,
+                                  **({"equivalent": why} if why else {})})
         counts["pending"] = db.num_work_items - db.num_results
     run = counts["killed"] + counts["survived"] + counts["incompetent"]
+    equivalent = sum(1 for s in survivors if "equivalent" in s)
+    counts["equivalent"] = equivalent
     doc = {"module": module, "counts": counts, "kill_rate_all": round(counts["killed"] / run, 4) if run else None,
+           # the issue's measure: killed among the mutants that some input could tell apart
+           "kill_rate_non_equivalent": round(counts["killed"] / (run - equivalent), 4) if run - equivalent else None,
            "survivors": sorted(survivors, key=lambda s: (s["line"], s["operator"]))}
     (REPO / "mutation" / f"results-{module}.json").write_text(json.dumps(doc, indent=1) + "\n")
     return doc
@@ -240,7 +262,7 @@ def main() -> int:
             (work / stale).unlink(missing_ok=True)
     if args.what == "report":
         doc = report(work, args.module or "verify")
-        print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}))
+        print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all", "kill_rate_non_equivalent")}))
         return 0
     module = args.what
     work.mkdir(parents=True, exist_ok=True)
@@ -270,7 +292,8 @@ def main() -> int:
     else:
         sh("cosmic-ray", "exec", str(cfg), str(session), cwd=repo, env=env)
     doc = report(work, module)
-    print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all")}), f"{time.time() - t0:.0f} s")
+    print(json.dumps({k: doc[k] for k in ("module", "counts", "kill_rate_all", "kill_rate_non_equivalent")}),
+          f"{time.time() - t0:.0f} s")
     shutil.rmtree(work / "corpus" / "_tmp", ignore_errors=True)
     return 0
 

@@ -25,6 +25,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pytest
 
 import test_stdlib_verifier as sv
+import _edge_cases_json
+import _edge_cases_pipeline_a
+import _edge_cases_pipeline_b
+import _edge_cases_tar
 from _edge_cases import BOTH_KEYS, EDGES, POLICIES
 from runtime_stub import verify as shared
 
@@ -108,6 +112,12 @@ TABLE.update({f"resigned/{k}": (_resigned_case(kw), code) for k, kw, code in _re
 TABLE.update({"zeros/at-the-allowance": (_zeros(0), 0), "zeros/one-byte-over": (_zeros(1), 10)})
 TABLE.update({f"edge/{k}": v for k, v in EDGES.items()})
 TABLE.update({f"edge/{k}": (build, code) for k, (build, code, _, _) in POLICIES.items()})
+# more cases per area of the verifier, written against the mutation run's survivors
+BOTH_KEYS = set(BOTH_KEYS)
+for _area, _module in (("tar", _edge_cases_tar), ("json", _edge_cases_json), ("pipeline_a", _edge_cases_pipeline_a),
+                       ("pipeline_b", _edge_cases_pipeline_b)):
+    TABLE.update({f"edge/{_area}-{k}": v for k, v in _module.EDGES.items()})
+    BOTH_KEYS.update(f"{_area}-{k}" for k in _module.BOTH_KEYS)
 
 
 def setup_of(case: str) -> Tuple[Optional[Callable[[dict], dict]], Optional[float]]:
