@@ -73,7 +73,9 @@ def main() -> int:
     module_path = REPO / "runtime_stub" / "verify.py"
     source = module_path.read_text()
     positions = Positions(source)
-    old_source = args.source.read_text() if args.source.is_file() else source
+    if not args.source.is_file():  # guessing it would move every survivor onto the wrong mutant
+        ap.error(f"{args.source}: no such file (the verifier the results' session ran on)")
+    old_source = args.source.read_text()
     old_positions = positions if old_source == source else Positions(old_source)
     judged = set()
     for path in sorted((HERE / "equivalent").glob("verify-*.json")):
