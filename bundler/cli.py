@@ -29,6 +29,7 @@ from rich.text import Text
 
 from . import __version__
 from .errors import ArchiveError, BundleError, ExitCode, Interrupted, KeyFileError, OutputError, printable, shown_key_id
+from .entry import json_mode as _json_mode
 from .signing import PASSPHRASE_ENV
 
 app = typer.Typer(
@@ -79,7 +80,9 @@ def _json(doc: Any) -> str:
     character escaped) and never NaN/Infinity, which are not JSON. Reports hold no float that
     unverified input chooses (inspect's strict parser refuses non-finite numbers), so this
     does not raise for what a bundle holds."""
-    return json.dumps(doc, indent=2, ensure_ascii=True, allow_nan=False)
+    out = json.dumps(doc, indent=2, ensure_ascii=True, allow_nan=False)
+    _SIGNAL["json_out"] = True
+    return out
 
 
 def _error_line(cls: str, message: str) -> None:
@@ -1025,7 +1028,9 @@ def _main(
 # parameter conversion) into a silent exit 130, whatever the signal; `_invoke` says it then, with
 # the signal's own code (found by the interrupt loop of tests/test_campaign_interrupts.py). The
 # CLI owns the process and its signals, so this state is the CLI's, never the library's.
-_SIGNAL: dict = {"num": None, "said": False}
+# "json_out": a --json document was made (each is printed as soon as `_json` makes it), so a
+# signal after it must not print a second one.
+_SIGNAL: dict = {"num": None, "said": False, "json_out": False}
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -1060,20 +1065,28 @@ def _invoke(argv: List[str]) -> int:
         _error_line("usage", e.format_message())
         return int(e.exit_code)
     except typer.Abort as e:  # EOF, Ctrl-C or SIGTERM before our command ran (click wraps them)
-        return _stopped(e.__cause__)
+        return _stopped(e.__cause__, argv)
     except KeyboardInterrupt as e:  # while typer still builds the command, where click wraps nothing
-        return _stopped(e)
+        return _stopped(e, argv)
     if _SIGNAL["num"] is not None and not _SIGNAL["said"]:  # typer's silent 130 (see _SIGNAL)
-        return _stopped(Interrupted(_SIGNAL["num"]))
+        return _stopped(Interrupted(_SIGNAL["num"]), argv)
     return rc if isinstance(rc, int) else 0
 
 
-def _stopped(cause: Optional[BaseException]) -> int:
-    """Say "interrupted" or "terminated" (once) and return the exit code, 130 or 143."""
+def _stopped(cause: Optional[BaseException], argv: Optional[List[str]] = None) -> int:
+    """Say "interrupted" or "terminated" (once) and return the exit code, 130 or 143.
+
+    Under --json (in ``argv``), when no document was printed yet (stopped before the command
+    ran, or in its own imports), the one a command interrupted later prints is printed here:
+    --json means one document on stdout, whenever the signal came."""
     code = cause.exit_code if isinstance(cause, Interrupted) else 130
     if not _SIGNAL["said"]:
         _SIGNAL["said"] = True
-        _err().print("terminated" if code == 143 else "interrupted", markup=False)
+        what = "terminated" if code == 143 else "interrupted"
+        if argv is not None and _json_mode(argv) and not _SIGNAL["json_out"]:
+            print(json.dumps({"ok": False, "exit_code": code, "error": {"class": "interrupted", "member": None,
+                                                                        "message": what}}))
+        _err().print(what, markup=False)
     return code
 
 

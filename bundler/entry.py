@@ -6,8 +6,9 @@ traceback from the middle of an import, or death by SIGTERM without a word (foun
 interrupt loop of tests/test_campaign_interrupts.py). Here the two signals are caught before any
 of those imports, with the same rule as the CLI's own handler (the first one wins, any further
 one is ignored): the import is abandoned, ``interrupted``/``terminated`` is printed, and the exit
-code is 130/143, as for a command interrupted later. Nothing has been written at that point, so
-there is nothing to clean up. Standard library only until the handlers are in place.
+code is 130/143, as for a command interrupted later (with ``--json``, after the same one JSON
+document a later interrupt prints). Nothing has been written at that point, so there is nothing
+to clean up. Standard library only until the handlers are in place.
 """
 
 from __future__ import annotations
@@ -29,10 +30,24 @@ def _early(signum: int, frame: Any) -> None:
     raise _EarlySignal(signum)
 
 
-def _stopped(signum: int) -> int:
-    sys.stderr.write("terminated\n" if signum == signal.SIGTERM else "interrupted\n")
+def _stopped(signum: int, early: bool) -> int:
+    what = "terminated" if signum == signal.SIGTERM else "interrupted"
+    # --json promises one JSON document on stdout. Before the CLI's handlers no command has
+    # printed one; after them (an interrupt escaping at the exit) the command already did.
+    if early and json_mode(sys.argv[1:]):
+        import json
+
+        sys.stdout.write(json.dumps({"ok": False, "exit_code": 128 + signum,
+                                     "error": {"class": "interrupted", "member": None, "message": what}}) + "\n")
+        sys.stdout.flush()
+    sys.stderr.write(what + "\n")
     sys.stderr.flush()
     return 128 + signum
+
+
+def json_mode(args: list) -> bool:
+    """Whether the command line asks for --json (before a ``--``, after which it is an operand)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
 def main() -> int:
@@ -47,7 +62,7 @@ def main() -> int:
     except KeyboardInterrupt as e:
         # _EarlySignal: in the imports, or before the CLI's handlers were in place; the CLI's
         # Interrupted: in the instant between its command's end and the exit.
-        return _stopped(getattr(e, "signum", signal.SIGINT))
+        return _stopped(getattr(e, "signum", signal.SIGINT), isinstance(e, _EarlySignal))
     return 0
 
 

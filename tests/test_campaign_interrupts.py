@@ -15,6 +15,7 @@ seen in the real system calls (strace).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -64,7 +65,7 @@ def test_a_signal_during_start_up_ends_in_one_line(tmp_path, sig, code, word):
     startup = L.startup_seconds()
     ours = 0
     for frac in (0.35, 0.55, 0.75, 0.9):
-        p = _bundle("verify", tmp_path / "none.tar")
+        p = _bundle("verify", tmp_path / "none.tar", "--json")
         time.sleep(frac * startup)
         os.killpg(p.pid, sig) if sig == signal.SIGINT else os.kill(p.pid, sig)
         out, err = p.communicate(timeout=60)
@@ -74,9 +75,13 @@ def test_a_signal_during_start_up_ends_in_one_line(tmp_path, sig, code, word):
         assert "Traceback" not in err, err
         if p.returncode == code:
             assert err.strip().splitlines() == [word], err
+            # --json: one document on stdout, as when a command is interrupted later
+            assert json.loads(out) == {"ok": False, "exit_code": code,
+                                       "error": {"class": "interrupted", "member": None, "message": word}}, out
             ours += 1
         else:
             assert p.returncode == 3, (p.returncode, err)  # it got to the command first: no such bundle
+            assert json.loads(out)["exit_code"] == 3, out
     assert ours >= 1, "no signal landed in the start-up after the handler: machine too fast for this test?"
 
 
