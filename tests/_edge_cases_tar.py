@@ -157,6 +157,7 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "engine-backend-version-higher": (_full_trt(b"ftrt", (10, 13, 0), backend_version="10.14.0.35"), 16),
     # ustar numeric fields
     "mode-high-bit-after-first-byte": (_patched(README, 100, b"0\x8000644\x80"), 10),
+    "mode-base-256": (_patched(README, 100, b"\x80\0\0\0\0\0\x01\xa4"), 10),
     "mode-field-empty": (_patched(README, 100, b"\0" * 8), 0),
     "dir-size-field-empty": (_patched("runtime", 124, b"\0" * 12, _with_dir("runtime")), 0),
     "checksum-no-leading-zeros": (_raw(None, README, lambda d, o: None, b"%-5o\0  "), 0),
