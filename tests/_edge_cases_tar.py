@@ -119,14 +119,21 @@ def _zeros_then_data(good: Path, work: Path, ctx: dict) -> Path:
     return out
 
 
+_WINDOW_BLOCKS = shared.MAP_WINDOW // 512
+
+
 def _dirs_first(n_dirs: int) -> Build:
     """``n_dirs`` unsigned directory members before the signature: with the signature and the
-    manifest, member ``n_dirs + 2`` is the manifest, read before any directory is judged."""
+    manifest, member ``n_dirs + 2`` is the manifest, read before any directory is judged. The
+    directory whose header ends just before the first 4 MiB mmap window ends carries an 8 KB PAX
+    header, whose bytes are read across the two windows."""
     def build(good: Path, work: Path, ctx: dict) -> Path:
         dirs = []
         for i in range(n_dirs):
             ti = tarfile.TarInfo(f"{ROOT}/d{i}")
             ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+            if i == _WINDOW_BLOCKS - 2:
+                ti.pax_headers = {"mtime": "1700000000." + "0" * 8000}
             dirs.append((ti, b""))
         return sv.write_tar(work / "case.tar", dirs + _entries(good))
     return build
