@@ -6,7 +6,73 @@ tests/data/verifier-messages.json). Registered as edge/json-NAME by tests/test_v
 
 from __future__ import annotations
 
-from typing import Dict, Set, Tuple
+from pathlib import Path
+from typing import Callable, Dict, Set, Tuple
 
-EDGES: Dict[str, Tuple[object, int]] = {}
+import test_stdlib_verifier as sv
+from _edge_cases import _entries, _extra, _manifest, _set_path, _statement
+
+
+def _sig_doc(edit: Callable[[dict], None]) -> object:
+    """The signature file (not itself signed) edited as JSON: parse_signature_file's checks."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        return sv.write_tar(work / "case.tar", sv.edit_sig(_entries(good), edit))
+    return build
+
+
+def _sig_raw(raw_of: Callable[[bytes], bytes]) -> object:
+    """The signature file's bytes replaced: the strict JSON parser's refusals."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = _entries(good)
+        gi = sv.sig_index(es)
+        es[gi] = (es[gi][0], raw_of(es[gi][1]))
+        return sv.write_tar(work / "case.tar", es)
+    return build
+
+
+def _env(key: str, value: object) -> Callable[[dict], None]:
+    return lambda doc: doc["dsseEnvelope"].__setitem__(key, value)
+
+
+def _vm(value: dict) -> Callable[[dict], None]:
+    return lambda doc: doc.__setitem__("verificationMaterial", value)
+
+
+def _dup_key(key: str) -> Callable[[bytes], bytes]:
+    return lambda raw: b'{"' + key.encode() + b'": 1, "' + key.encode() + b'": 2, ' + raw.lstrip()[1:]
+
+
+def _dim(value: object) -> Callable[[dict], None]:
+    def edit(m: dict) -> None:
+        m["model"]["inputs"][0]["shape"][0] = value
+    return edit
+
+
+EDGES: Dict[str, Tuple[object, int]] = {
+    # signature file: base64 fields, envelope and verification material
+    "sig-payload-base64-stray-char": (_sig_doc(lambda d: d["dsseEnvelope"].update(payload=d["dsseEnvelope"]["payload"] + "!")), 11),
+    "sig-payload-base64-not-ascii": (_sig_doc(lambda d: d["dsseEnvelope"].update(payload="\u00e9" + d["dsseEnvelope"]["payload"])), 11),
+    "sig-payload-type-lower": (_sig_doc(_env("payloadType", "application/vnd.in-toto+jsom")), 11),
+    "sig-payload-type-higher": (_sig_doc(_env("payloadType", "application/vnd.in-toto+jsoo")), 11),
+    "sig-no-signatures": (_sig_doc(lambda d: d["dsseEnvelope"].__setitem__("signatures", [])), 11),
+    "sig-two-signatures": (_sig_doc(lambda d: d["dsseEnvelope"]["signatures"].append(d["dsseEnvelope"]["signatures"][0])), 11),
+    "sig-no-verification-material": (_sig_doc(lambda d: d.pop("verificationMaterial")), 11),
+    "sig-sigstore-keyless": (_sig_doc(_vm({"certificate": {"rawBytes": "AAAA"}, "tlogEntries": [{}]})), 11),
+    "sig-certificate": (_sig_doc(_vm({"certificate": {"rawBytes": "AAAA"}})), 11),
+    "sig-certificate-chain": (_sig_doc(_vm({"x509CertificateChain": {"certificates": []}})), 11),
+    # the strict JSON parser, through the signature file
+    "sig-not-utf8-outside-strings": (_sig_raw(lambda raw: raw + b"\xff"), 11),
+    "sig-not-json": (_sig_raw(lambda raw: raw[:-2]), 11),
+    "sig-duplicate-key-short": (_sig_raw(_dup_key("k")), 11),
+    "sig-duplicate-key-40": (_sig_raw(_dup_key("k" * 40)), 11),
+    "sig-duplicate-key-41": (_sig_raw(_dup_key("k" * 41)), 11),
+    # signed statements re-signed by the trusted key
+    "statement-root-highest": (_statement(lambda st: st["subject"][0]["digest"].update(sha256="f" * 64)), 11),
+    "statement-expires-feb-30": (_statement(_set_path(("predicate", "expires"), "2099-02-30T00:00:00Z")), 11),
+    # manifests re-signed by the trusted key: integer digit limit, Dim union, version digits
+    "manifest-int-40-digits": (_manifest(_extra(10 ** 39)), 0),
+    "manifest-int-41-digits": (_manifest(_extra(10 ** 40)), 16),
+    "manifest-dim-float": (_manifest(_dim(1.5)), 16),
+    "manifest-version-5000-digits": (_manifest(_set_path(("version",), "1" * 5000 + ".0.0")), 16),
+}
 BOTH_KEYS: Set[str] = set()  # names of cases verified against both test keys
