@@ -39,12 +39,20 @@ def _vm(value: dict) -> Callable[[dict], None]:
 
 
 def _dup_key(key: str) -> Callable[[bytes], bytes]:
-    return lambda raw: b'{"' + key.encode() + b'": 1, "' + key.encode() + b'": 2, ' + raw.lstrip()[1:]
+    return lambda raw: b'{"a": 0, "' + key.encode() + b'": 1, "' + key.encode() + b'": 2, ' + raw.lstrip()[1:]
 
 
 def _dim(value: object) -> Callable[[dict], None]:
     def edit(m: dict) -> None:
         m["model"]["inputs"][0]["shape"][0] = value
+    return edit
+
+
+def _cache(reused: object) -> Callable[[dict], None]:
+    """A build-cache record on every engine: the schema's bool field."""
+    def edit(m: dict) -> None:
+        for e in m["engines"]:
+            e["cache"] = {"key": "0" * 64, "reused": reused}
     return edit
 
 
@@ -73,6 +81,8 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "manifest-int-40-digits": (_manifest(_extra(10 ** 39)), 0),
     "manifest-int-41-digits": (_manifest(_extra(10 ** 40)), 16),
     "manifest-dim-float": (_manifest(_dim(1.5)), 16),
+    "manifest-engine-cache-reused": (_manifest(_cache(True)), 0),
+    "manifest-engine-cache-reused-not-bool": (_manifest(_cache(1)), 16),
     "manifest-version-5000-digits": (_manifest(_set_path(("version",), "1" * 5000 + ".0.0")), 16),
 }
 BOTH_KEYS: Set[str] = set()  # names of cases verified against both test keys
