@@ -48,6 +48,16 @@ def _dim(value: object) -> Callable[[dict], None]:
     return edit
 
 
+def _nest(depth: int) -> list:
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
+_ZEROS = [0] * 8000  # indent=2: about 72 KB, so the next value is in the depth scan's second 64 KiB chunk
+
+
 def _cache(reused: object) -> Callable[[dict], None]:
     """A build-cache record on every engine: the schema's bool field."""
     def edit(m: dict) -> None:
@@ -83,6 +93,11 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "manifest-dim-float": (_manifest(_dim(1.5)), 16),
     "manifest-engine-cache-reused": (_manifest(_cache(True)), 0),
     "manifest-engine-cache-reused-not-bool": (_manifest(_cache(1)), 16),
+    # the depth pre-scan across 64 KiB chunks (the document is 2 deep where zz_extra's items start)
+    "manifest-deep-in-second-chunk": (_manifest(_extra([_ZEROS, _nest(63)])), 16),
+    "manifest-64-in-first-chunk-65-in-second": (_manifest(_extra([_nest(62), _ZEROS, _nest(63)])), 16),
+    "manifest-deep-after-a-string-across-chunks": (_manifest(_extra(["x" * 70000, "a", _nest(63)])), 16),
+    "manifest-brackets-in-a-string-after-one-across-chunks": (_manifest(_extra(["x" * 70000, "[" * 100])), 0),
     "manifest-version-5000-digits": (_manifest(_set_path(("version",), "1" * 5000 + ".0.0")), 16),
 }
 BOTH_KEYS: Set[str] = set()  # names of cases verified against both test keys
