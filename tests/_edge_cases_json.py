@@ -42,6 +42,11 @@ def _dup_key(key: str) -> Callable[[bytes], bytes]:
     return lambda raw: b'{"a": 0, "' + key.encode() + b'": 1, "' + key.encode() + b'": 2, ' + raw.lstrip()[1:]
 
 
+def _number(token: str) -> Callable[[bytes], bytes]:
+    """An extra field (ignored) holding the number ``token`` exactly as written."""
+    return lambda raw: b'{"a": ' + token.encode() + b', ' + raw.lstrip()[1:]
+
+
 def _dim(value: object) -> Callable[[dict], None]:
     def edit(m: dict) -> None:
         m["model"]["inputs"][0]["shape"][0] = value
@@ -84,6 +89,8 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "sig-duplicate-key-short": (_sig_raw(_dup_key("k")), 11),
     "sig-duplicate-key-40": (_sig_raw(_dup_key("k" * 40)), 11),
     "sig-duplicate-key-41": (_sig_raw(_dup_key("k" * 41)), 11),
+    "sig-number-50-characters": (_sig_raw(_number("1." + "0" * 48)), 0),
+    "sig-number-51-characters": (_sig_raw(_number("1." + "0" * 49)), 11),
     # signed statements re-signed by the trusted key
     "statement-root-highest": (_statement(lambda st: st["subject"][0]["digest"].update(sha256="f" * 64)), 11),
     "statement-expires-feb-30": (_statement(_set_path(("predicate", "expires"), "2099-02-30T00:00:00Z")), 11),
