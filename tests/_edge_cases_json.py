@@ -63,6 +63,16 @@ def _nest(depth: int) -> list:
 _ZEROS = [0] * 8000  # indent=2: about 72 KB, so the next value is in the depth scan's second 64 KiB chunk
 
 
+def _variant(m: dict) -> None:
+    """An fp16 variant (its graph: the signed source model's file) with accuracy and calibration."""
+    m["variants"] = [{
+        "precision": "fp16", "graph": m["model"]["path"], "sha256": m["model"]["sha256"], "size": m["model"]["size"],
+        "converter": "x", "accuracy": {"measured_with": None, "max_abs_err": 0.5, "max_rel_err": None,
+                                       "within_tolerance": True},
+        "calibration": {"source": "s", "sha256": "0" * 64, "files": 1, "samples": 1, "batch": 1,
+                        "inputs": {"x": {"min": 0, "max": 1, "mean": 0.5, "std": 0.1}}}}]
+
+
 def _cache(reused: object) -> Callable[[dict], None]:
     """A build-cache record on every engine: the schema's bool field."""
     def edit(m: dict) -> None:
@@ -105,6 +115,7 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "manifest-64-in-first-chunk-65-in-second": (_manifest(_extra([_nest(62), _ZEROS, _nest(63)])), 16),
     "manifest-deep-after-a-string-across-chunks": (_manifest(_extra(["x" * 70000, "a", _nest(63)])), 16),
     "manifest-brackets-in-a-string-after-one-across-chunks": (_manifest(_extra(["x" * 70000, "[" * 100])), 0),
+    "manifest-variant-accuracy-calibration": (_manifest(_variant), 0),
     "manifest-version-5000-digits": (_manifest(_set_path(("version",), "1" * 5000 + ".0.0")), 16),
 }
 BOTH_KEYS: Set[str] = set()  # names of cases verified against both test keys
