@@ -47,6 +47,28 @@ def _number(token: str) -> Callable[[bytes], bytes]:
     return lambda raw: b'{"a": ' + token.encode() + b', ' + raw.lstrip()[1:]
 
 
+def _payload_unused_bits(good: Path, work: Path, ctx: dict) -> Path:
+    """The statement padded with spaces to a length of 3n+1 bytes and signed by the trusted key;
+    its base64 payload then written with a nonzero unused low bit (the next base64 letter before "=="), which
+    decodes to the same, signed bytes but is not the canonical form."""
+    import base64
+    import json
+
+    from bundler.signing import load_private_key, sign_statement
+    es = sv.resign(_entries(good), ctx["keys"]["release"]["key"])
+    gi = sv.sig_index(es)
+    doc = json.loads(es[gi][1])
+    payload = base64.b64decode(doc["dsseEnvelope"]["payload"])
+    payload += b" " * ((1 - len(payload)) % 3)
+    doc = json.loads(sign_statement(payload, load_private_key(ctx["keys"]["release"]["key"], None)))
+    text = doc["dsseEnvelope"]["payload"]
+    abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert text.endswith("==") and abc.index(text[-3]) % 16 == 0
+    doc["dsseEnvelope"]["payload"] = text[:-3] + abc[abc.index(text[-3]) + 1] + "=="
+    es[gi] = (es[gi][0], json.dumps(doc, indent=2).encode())
+    return sv.write_tar(work / "case.tar", es)
+
+
 def _dim(value: object) -> Callable[[dict], None]:
     def edit(m: dict) -> None:
         m["model"]["inputs"][0]["shape"][0] = value
@@ -85,6 +107,7 @@ EDGES: Dict[str, Tuple[object, int]] = {
     # signature file: base64 fields, envelope and verification material
     "sig-payload-base64-stray-char": (_sig_doc(lambda d: d["dsseEnvelope"].update(payload=d["dsseEnvelope"]["payload"] + "!")), 11),
     "sig-payload-base64-not-ascii": (_sig_doc(lambda d: d["dsseEnvelope"].update(payload="\u00e9" + d["dsseEnvelope"]["payload"])), 11),
+    "sig-payload-base64-unused-bits": (_payload_unused_bits, 11),
     "sig-payload-type-lower": (_sig_doc(_env("payloadType", "application/vnd.in-toto+jsom")), 11),
     "sig-payload-type-higher": (_sig_doc(_env("payloadType", "application/vnd.in-toto+jsoo")), 11),
     "sig-no-signatures": (_sig_doc(lambda d: d["dsseEnvelope"].__setitem__("signatures", [])), 11),
