@@ -13,6 +13,7 @@ with sparse files, so that a 16 MiB member costs no disk and no tar bytes).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -145,6 +146,31 @@ def len_of_readme(m: dict) -> int:
     return next(f["size"] for f in m["files"] if f["path"] == "runtime/README.txt")
 
 
+def _engine_at(rel: str) -> Build:
+    """The sm_86 engine's record pointed at another signed file ``rel`` (its digest and size),
+    outside engines/: no engine header is kept for it, so the header check finds none."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = _entries(good)
+        data = es[sv.find(es, rel)][1]
+
+        def edit(m: dict) -> None:
+            e = next(e for e in m["engines"] if e["path"] == "engines/tiny_16x16_fp32_sm86.engine")
+            e["path"], e["sha256"], e["size"] = rel, hashlib.sha256(data).hexdigest(), len(data)
+        return sv.write_tar(work / "case.tar", sv.resign(es, ctx["keys"]["release"]["key"], edit_manifest=edit))
+    return build
+
+
+def _signed_file_after_sums(rel: str, data: bytes) -> Build:
+    """One more signed file, ``rel`` (sorting below SHA256SUMS), at the end of the bundle."""
+    def build(good: Path, work: Path, ctx: dict) -> Path:
+        es = _entries(good) + [sv.reg(f"{ROOT}/{rel}", data)]
+
+        def edit(m: dict) -> None:
+            m["files"].append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+        return sv.write_tar(work / "case.tar", sv.resign(es, ctx["keys"]["release"]["key"], edit_manifest=edit))
+    return build
+
+
 EDGES: Dict[str, Tuple[object, int]] = {
     # signature members: name (its first character), size at the limit, one too many
     "sig-name-first-char-bad": (_tar(_extra_sigs(["~a.sig"])), 11),
@@ -168,5 +194,13 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "dir-provenance-at-the-limit": (_sparse_dir("provenance/slsa-v1.intoto.json", _PROVENANCE_MAX, True), 12),
     "dir-readme-over-the-manifest-limit": (_sparse_dir("runtime/README.txt", _MANIFEST_MAX + 1, True), 12),
     "dir-golden-over-the-provenance-limit": (_sparse_dir("golden/inputs.npz", _PROVENANCE_MAX + 1, True), 12),
+    # a signed file sorting below SHA256SUMS, after it, leaves SHA256SUMS's bytes as read
+    "signed-file-sorting-below-sums": (_signed_file_after_sums("A.txt", b"a\n"), 0),
 }
+# Left out (a wrong message, reported): "engine-record-outside-engines", _engine_at("model/tiny.onnx"),
+# exit 16 is right, but the message is "tiny-1.0.0/model/tiny.onnx: engine header unreadable (too
+# short for an engine header (0 bytes))" for a signed file of 1,056 bytes: the pipeline keeps the
+# first bytes only of engines/*, not .log (_wants_head), so an engine record at any other path is
+# checked against an empty head. It should say that an engine must live under engines/ (or read
+# the real head). It would kill `_wants_head`'s ReplaceAndWithOr.
 BOTH_KEYS: Set[str] = {"two-signatures-lower-subject", "two-signatures-both-expired"}
