@@ -164,10 +164,11 @@ def _long_name(d: Path) -> None:
 
 
 def _sig_at_the_limit(d: Path) -> None:
-    """The signature file padded with JSON whitespace to exactly the signature size limit."""
+    """The signature file led by JSON whitespace to exactly the signature size limit (its last
+    byte, the closing brace, is the one a read cut short would lose)."""
     sig = next((d / "signatures").iterdir())
-    data = sig.read_bytes()
-    sig.write_bytes(data + b" " * (shared.MAX_SIGNATURE_SIZE - len(data)))
+    data = sig.read_bytes().rstrip()
+    sig.write_bytes(b" " * (shared.MAX_SIGNATURE_SIZE - len(data)) + data)
 
 
 def _size_and_digest_wrong(d: Path) -> None:
@@ -190,6 +191,13 @@ def _big_files(files: Files, m: dict) -> None:
 
 
 _ZEROS_SHA = hashlib.sha256(bytes(_BIG)).hexdigest()
+
+
+def _provenance_at_the_limit(files: Files, m: dict) -> None:
+    """The provenance led by JSON whitespace to exactly its size limit (a kept member may be
+    exactly its limit)."""
+    data = files[PROV].strip()
+    _put(files, m, PROV, b" " * (shared.MAX_PROVENANCE_SIZE - len(data)) + data)
 
 
 def _bad_sums(sums: bytes) -> bytes:
@@ -230,6 +238,8 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "dir-sizes-before-digests": (_dir(_size_and_digest_wrong), 12),
     "dir-sums-signed-but-wrong": (_bundle(lambda f, m: None, as_dir=True, edit_sums=_bad_sums), 16),
     "dir-provenance-signed-but-bad": (_bundle(lambda f, m: _put(f, m, PROV, b"{}"), as_dir=True), 11),
+    "dir-provenance-at-the-size-limit": (_bundle(_provenance_at_the_limit, as_dir=True), 0),
+    "dir-file-executable-by-others": (_dir(lambda d: os.chmod(d / "runtime" / "loader.py", 0o755)), 0),
     "dir-big-members-not-kept": (_bundle(_big_files, as_dir=True), 0),
 }
 BOTH_KEYS: Set[str] = set()  # names of cases verified against both test keys
