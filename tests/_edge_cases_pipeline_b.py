@@ -28,6 +28,7 @@ ROOT = sv.ROOT
 RTX = "engines/tiny_16x16_fp32_rtx5090.engine"
 PROV = shared.PROVENANCE
 Files = Dict[str, bytes]
+Build = Callable[[Path, Path, dict], Path]
 _BIG = shared.MAX_MANIFEST_SIZE + 1  # over every limit a kept member (SHA256SUMS, provenance) has
 
 
@@ -85,7 +86,6 @@ def _bundle(edit: Callable[[Files, dict], None], as_dir: bool = False, **kw: obj
     return build
 
 
-Build = Callable[[Path, Path, dict], Path]
 VARIANT = "model/tiny_fp16.onnx"
 
 
