@@ -152,3 +152,49 @@ def test_full_tensorrt_engine_runs_on_the_lean_runtime(fleet):  # noqa: ANN001
     assert item["fits"] and "tensorrt 10.13.0.35" in item["why"]
     item = next(i for i in loader.assess(m, [gpu("8.6")], {"tensorrt": "10.12.0.36"}) if i["path"] == e["path"])
     assert item["why"] == "needs tensorrt 10.13.0, host has 10.12.0.36"
+
+
+def test_choice_edges_the_mutation_run_found(fleet, rtx_version):  # noqa: ANN001
+    """Cases pinned by the loader's mutation run (mutation/results-loader.json): the whole
+    precision order with an unknown precision last, a cpu engine listed first and named to sort
+    first, a GPU engine without a header record, the lean runtime offered to an RTX engine, an
+    engine named by a file name in a subdirectory, and the record that goes with the choice."""
+    rts = {"tensorrt-rtx": rtx_version, "onnxruntime": "1.23.2"}
+    base = next(e for e in fleet["engines"] if e["path"] == _path(fleet, "8.6"))
+    cpu = next(e for e in fleet["engines"] if e["target"]["label"] == "cpu")
+
+    # every precision of the order, on paths that sort against it, plus one the order lacks
+    m = {"engines": []}
+    for name, precision in (("a", "xyz"), ("b", "fp8"), ("c", "int8"), ("d", "bf16"), ("e", "fp16"), ("f", "fp32")):
+        e = copy.deepcopy(base)
+        e["path"], e["build"]["precision"] = f"engines/{name}.engine", precision
+        m["engines"].append(e)
+    order = [i["precision"] for i in loader.assess(m, [gpu("8.6")], rts)]
+    assert order == ["fp32", "fp16", "bf16", "int8", "fp8", "xyz"]
+
+    # a cpu engine first in the manifest and first by path: the fitting GPU engine still wins,
+    # engines after the cpu one are still assessed, and the record returned is the chosen one's
+    m = copy.deepcopy(fleet)
+    c = next(e for e in m["engines"] if e["target"]["label"] == "cpu")
+    m["engines"].remove(c)
+    c["path"] = "engines/a_cpu.onnx"
+    m["engines"].insert(0, c)
+    item, record = loader.choose(m, [gpu("8.6")], rts, None)
+    assert item["path"] == _path(fleet, "8.6") and record["path"] == item["path"]
+    assert len(loader.assess(m, [gpu("8.6")], rts)) == len(m["engines"])
+    # a cpu engine asked for by its file name, which sorts after the GPU engines' names
+    assert loader.choose(fleet, [gpu("8.6")], rts, "tiny_cpu.onnx")[0]["path"] == cpu["path"]
+
+    # a GPU engine without a header record: its backend names the runtime, its target the cc
+    m = {"engines": [dict(copy.deepcopy(base), header=None)]}
+    m["engines"][0]["backend"]["version"] = rtx_version
+    item = loader.assess(m, [gpu("8.6")], {"tensorrt-rtx": rtx_version})[0]
+    assert item["fits"] and f"with tensorrt-rtx {rtx_version}" in item["why"]
+
+    # the lean runtime serves full-TensorRT engines only, never a TensorRT-RTX one
+    item = loader.assess({"engines": [base]}, [gpu("8.6")], {"tensorrt-lean": rtx_version})[0]
+    assert not item["fits"] and item["why"] == f"needs tensorrt-rtx {rtx_version}, not installed"
+
+    # an engine in a subdirectory, named by its file name alone
+    m = {"engines": [dict(copy.deepcopy(base), path="engines/sm86/model.engine")]}
+    assert loader.choose(m, [gpu("8.6")], rts, "model.engine")[0]["path"] == "engines/sm86/model.engine"
