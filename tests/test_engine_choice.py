@@ -179,6 +179,10 @@ def test_choice_edges_the_mutation_run_found(fleet, rtx_version):  # noqa: ANN00
     m["engines"].remove(c)
     c["path"] = "engines/a_cpu.onnx"
     m["engines"].insert(0, c)
+    other = copy.deepcopy(base)  # listed first, sorts after the chosen one, fits no GPU here
+    other["path"], other["target"]["cc"] = "engines/zz_sm99.engine", "9.9"
+    other["header"] = dict(other["header"], cc=["9.9"])
+    m["engines"].insert(0, other)
     item, record = loader.choose(m, [gpu("8.6")], rts, None)
     assert item["path"] == _path(fleet, "8.6") and record["path"] == item["path"]
     assert len(loader.assess(m, [gpu("8.6")], rts)) == len(m["engines"])
