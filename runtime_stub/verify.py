@@ -2567,6 +2567,10 @@ def _check_manifest_semantics(st: _State, where: Optional[str] = None) -> None:
     for er in st.report.engines:
         rec = by_path[er.path]
         member = f"{root}/{er.path}"
+        if not _wants_head(er.path):  # only these heads are kept: elsewhere no header could be checked
+            er.header_ok = False
+            raise BindingError(f"{member}: an engine must lie below engines/ and not be a .log file (its first bytes "
+                               "are checked against the record there only)", member=member)
         if rec.header is None:
             # Only the cpu target ships without an engine header; anything else claiming that is
             # a way around the header cross-check, and so is a TensorRT engine labelled as cpu.

@@ -589,7 +589,10 @@ def _spec(root: str, files: Dict[str, bytes], v: List[str], now: float) -> None:
         if prec not in graphs:
             v.append(f"engine {e['path']}: no signed {prec} graph")
         data = payload.get(e["path"], b"")
-        h, rec = _engine_header(data if e["path"].startswith("engines/") and not e["path"].endswith(".log") else b""), e["header"]
+        if not e["path"].startswith("engines/") or e["path"].endswith(".log"):
+            v.append(f"engine {e['path']}: not below engines/, or a .log file")
+            continue
+        h, rec = _engine_header(data), e["header"]
         if rec is None:
             if e["backend"]["name"] != "onnxruntime" or e["target"]["label"] != "cpu" or h is not None:
                 v.append(f"engine {e['path']}: no header recorded but not a cpu-target ONNX file")

@@ -227,17 +227,9 @@ EDGES: Dict[str, Tuple[object, int]] = {
     "dir-golden-over-the-provenance-limit": (_sparse_dir("golden/inputs.npz", _PROVENANCE_MAX + 1, True), 12),
     # a signed file sorting below SHA256SUMS, after it, leaves SHA256SUMS's bytes as read
     "signed-file-sorting-below-sums": (_signed_file_after_sums("A.txt", b"a\n"), 0),
+    # engine records outside engines/: refused by name (they were checked against an empty head:
+    # a wrong message for a header engine, and a TensorRT-magic cpu record accepted)
+    "engine-record-outside-engines": (_engine_at("model/tiny.onnx"), 16),
+    "cpu-trt-magic-outside-engines": (_cpu_with_trt_magic_at("bin/cpu.onnx"), 16),
 }
-# Left out (a wrong message, reported): "engine-record-outside-engines", _engine_at("model/tiny.onnx"),
-# exit 16 is right, but the message is "tiny-1.0.0/model/tiny.onnx: engine header unreadable (too
-# short for an engine header (0 bytes))" for a signed file of 1,056 bytes: the pipeline keeps the
-# first bytes only of engines/*, not .log (_wants_head), so an engine record at any other path is
-# checked against an empty head. It should say that an engine must live under engines/ (or read
-# the real head). It would kill `_wants_head`'s ReplaceAndWithOr.
-# Left out (a wrong verdict, reported): "cpu-trt-magic-outside-engines", _cpu_with_trt_magic_at("bin/cpu.onnx"),
-# expected 16, got 0. The same signed bytes (beginning with the TensorRT magic "ftrt") recorded as a
-# cpu-target engine are refused at _cpu_with_trt_magic_at(_SM86) ("manifest records no engine header,
-# but this is not a cpu-target ONNX file", 16) but accepted at bin/cpu.onnx: the "is it an engine"
-# test reads st.engine_heads, which holds heads of engines/* only, so any engine record outside
-# engines/ skips the header cross-check. It also kills `_wants_head`'s ReplaceAndWithOr.
 BOTH_KEYS: Set[str] = {"two-signatures-lower-subject", "two-signatures-both-expired"}
