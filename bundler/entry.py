@@ -30,11 +30,10 @@ def _early(signum: int, frame: Any) -> None:
     raise _EarlySignal(signum)
 
 
-def _stopped(signum: int, early: bool) -> int:
+def _stopped(signum: int, no_document_yet: bool) -> int:
     what = "terminated" if signum == signal.SIGTERM else "interrupted"
-    # --json promises one JSON document on stdout. Before the CLI's handlers no command has
-    # printed one; after them (an interrupt escaping at the exit) the command already did.
-    if early and json_mode(sys.argv[1:]):
+    # --json promises one JSON document on stdout, printed here only if none was made yet.
+    if no_document_yet and json_mode(sys.argv[1:]):
         import json
 
         sys.stdout.write(json.dumps({"ok": False, "exit_code": 128 + signum,
@@ -62,7 +61,11 @@ def main() -> int:
     except KeyboardInterrupt as e:
         # _EarlySignal: in the imports, or before the CLI's handlers were in place; the CLI's
         # Interrupted: in the instant between its command's end and the exit.
-        return _stopped(getattr(e, "signum", signal.SIGINT), isinstance(e, _EarlySignal))
+        # No JSON document yet: the signal came before the CLI's handlers, or in the instant
+        # between them and its first document (the CLI records each one it makes).
+        cli = sys.modules.get("bundler.cli")
+        state = getattr(cli, "_SIGNAL", {}) if cli is not None else {}
+        return _stopped(getattr(e, "signum", signal.SIGINT), not (state.get("json_out") or state.get("said")))
     return 0
 
 

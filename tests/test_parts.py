@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -222,8 +223,15 @@ def test_a_part_from_another_bundle(parts, bundles, keys, tmp_path):
 
 def test_a_part_from_an_older_split_of_the_same_bundle(parts, bundles, keys, tmp_path):
     index, files = parts
-    # An older split of the same bundle with another part size, left on the medium.
-    _, old = split(bundles["tiny"], tmp_path / "old", keys, third(bundles["tiny"]) - 4096)
+    # An older split of the same bundle with another part size, left on the medium. Its part 2
+    # must hold a tar header that this split's part 2 does not start with (else its bytes are
+    # only the middle of one member, which no verifier can tell from a truncated part): the size
+    # is chosen from the bundle's own layout, which moves whenever a shipped file changes size.
+    with tarfile.open(bundles["tiny"]) as tf:
+        heads = [m.offset for m in tf.getmembers()]
+    size = next(s for s in range(third(bundles["tiny"]) - 4096, 4096, -512)
+                if any(s <= h and h + 512 <= 2 * s and h < third(bundles["tiny"]) for h in heads))
+    _, old = split(bundles["tiny"], tmp_path / "old", keys, size)
     assert old[1].name != files[1].name  # its own names: it never overwrote this split's parts
     files[1].unlink()
     shutil.copyfile(old[1], files[1].parent / old[1].name)
