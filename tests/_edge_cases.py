@@ -98,15 +98,17 @@ def _pax_record_of_size(key: str, total: int) -> bytes:
     return _pax_record(key, "1700000000." + "0" * (total - fixed))
 
 
-def _shadow(ustar_name: str) -> Build:
+def _shadow(ustar_name: str, mode: bytes = None) -> Build:
     """README.txt under a PAX path of its own name, its ustar name field set to ``ustar_name``
-    (what a tar that ignores PAX headers would extract it to)."""
+    (what a tar that ignores PAX headers would extract it to), and its mode field to ``mode``."""
     def build(good: Path, work: Path, ctx: dict) -> Path:
         rel = "runtime/README.txt"
         base = sv.write_tar(work / "base.tar", _entries(good))
         off = sv.data_offsets(base)[f"{ROOT}/{rel}"][0]
         data = bytearray(base.read_bytes())
         data[off:off + 100] = ustar_name.encode().ljust(100, b"\0")[:100]
+        if mode is not None:
+            data[off + 100:off + 108] = mode
         _fix_checksum(data, off)
         rec = _pax_record("path", f"{ROOT}/{rel}")
         ti = tarfile.TarInfo("././@PaxHeader")

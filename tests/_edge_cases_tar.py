@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Set, Tuple
 
 import test_stdlib_verifier as sv
-from _edge_cases import _add, _entries, _full_trt, _pax_record, _patched, _raw_pax, _tar
+from _edge_cases import _add, _entries, _full_trt, _pax_record, _patched, _raw_pax, _shadow, _tar
 from runtime_stub import verify as shared
 
 ROOT = sv.ROOT
@@ -73,22 +73,7 @@ def _with_dir(rel: str) -> Callable[[List[Entry], dict], List[Entry]]:
 def _shadow_mode(ustar_name: str, mode: bytes) -> Build:
     """README under a PAX path of its own name, its ustar name field ``ustar_name`` (100 bytes:
     the field is full) and its mode field ``mode``."""
-    def build(good: Path, work: Path, ctx: dict) -> Path:
-        base = sv.write_tar(work / "base.tar", _entries(good))
-        off = sv.data_offsets(base)[f"{ROOT}/{README}"][0]
-        data = bytearray(base.read_bytes())
-        data[off:off + 100] = ustar_name.encode().ljust(100, b"\0")[:100]
-        data[off + 100:off + 108] = mode
-        _checksum(data, off, b"%06o\0 ")
-        rec = _pax_record("path", f"{ROOT}/{README}")
-        ti = tarfile.TarInfo("././@PaxHeader")
-        ti.type, ti.size, ti.mtime = tarfile.XHDTYPE, len(rec), 0
-        pax = ti.tobuf(tarfile.USTAR_FORMAT) + rec + b"\0" * (-len(rec) % 512)
-        out = work / "case.tar"
-        out.write_bytes(bytes(data[:off]) + pax + bytes(data[off:]))
-        base.unlink()
-        return out
-    return build
+    return _shadow(ustar_name, mode)
 
 
 def _pax_padding_not_zero(good: Path, work: Path, ctx: dict) -> Path:
