@@ -1467,7 +1467,11 @@ class _WindowHasher:
 
     def __init__(self, threaded: bool) -> None:
         self._h = hashlib.sha256()
-        self._work = queue.Queue()  # type: queue.Queue
+        # SimpleQueue, not Queue: its put() is one C call. Queue.put appends and then wakes the
+        # worker in Python, and a Ctrl-C that unwound the main thread between the two left the
+        # worker asleep beside the end marker for ever (`bundle join` hung so in the interrupt
+        # loop of tests/test_campaign_interrupts.py).
+        self._work = queue.SimpleQueue()  # type: queue.SimpleQueue
         self._error = None  # type: Optional[BaseException]
         self._thread = None  # type: Optional[threading.Thread]
         if threaded:
