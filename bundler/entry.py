@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any
 
 
 class _EarlySignal(KeyboardInterrupt):
@@ -60,31 +60,27 @@ def json_mode(args: list) -> bool:
     return "--json" in (args[:args.index("--")] if "--" in args else args)
 
 
-def _fast_exit(code: Any) -> Optional[int]:
+def _fast_exit(code: Any) -> None:
     """Leave with ``os._exit`` when the interpreter's teardown has nothing to do but free memory.
 
-    That is: an integer exit code, no ``atexit`` callback registered but `logging`'s, which is
-    run here (Ray, ``weakref.finalize`` and ``multiprocessing`` each register one, and then the
-    ordinary exit runs it), no thread but this one alive (a thread pool or a progress bar still
-    running takes the ordinary exit, which joins it), and stdout and stderr flushed. Every file
-    the commands write is closed and fsynced before they return, so nothing is lost. Returns
-    None, without exiting, when any of that does not hold."""
-    if not isinstance(code, int) or isinstance(code, bool):
-        return None
-    logging = sys.modules.get("logging")  # imported by concurrent.futures: its hook only flushes
-    if logging is not None:
-        logging.shutdown()
-        atexit.unregister(logging.shutdown)
-    if getattr(atexit, "_ncallbacks", lambda: 1)() != 0 or threading.active_count() != 1:
-        return None
-    # The command is over: a signal from here on changes nothing (the first one already won).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    That is: an integer exit code, no thread but this one alive (a thread pool or a progress bar
+    still running takes the ordinary exit, which joins it), no ``atexit`` callback registered but
+    `logging`'s (imported by ``concurrent.futures``), which is run here (Ray, ``weakref.finalize``
+    and ``multiprocessing`` each register one, and then the ordinary exit runs it), and stdout and
+    stderr flushed. Every file the commands write is closed and fsynced before they return, so
+    nothing is lost. When any of that does not hold, it returns and changes nothing."""
+    if not isinstance(code, int) or isinstance(code, bool) or threading.active_count() != 1:
+        return
+    logging = sys.modules.get("logging")
+    if getattr(atexit, "_ncallbacks", lambda: -1)() != (0 if logging is None else 1):
+        return
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except (OSError, ValueError):  # a closed pipe: the ordinary exit reports it as it always did
-        return None
+        return
+    if logging is not None:
+        logging.shutdown()
     os._exit(code)
 
 
