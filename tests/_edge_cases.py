@@ -17,7 +17,7 @@ import json
 import struct
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import test_stdlib_verifier as sv
 from bundler.signing import load_private_key, sign_statement
@@ -166,19 +166,21 @@ def _nested(depth: int) -> Callable[[dict], None]:
     return edit
 
 
-def _second_signature(edit_statement: Callable[[dict], None]) -> Build:
-    """The bundle signed by the release key, plus a signature by the 'other' key (trusted in
-    this case) over a statement changed by ``edit_statement``."""
+def _second_signature(edit_statement: Callable[[dict], None], first_edit: Optional[Callable[[dict], None]] = None,
+                      coherent: bool = True) -> Build:
+    """The bundle signed by the release key (its statement edited by ``first_edit``), plus a
+    signature by the 'other' key (trusted in this case) over that statement changed by
+    ``edit_statement``; ``coherent``: its subject digest then follows its resources."""
     def build(good: Path, work: Path, ctx: dict) -> Path:
-        es = sv.resign(_entries(good), ctx["keys"]["release"]["key"])
+        es = sv.resign(_entries(good), ctx["keys"]["release"]["key"], edit_statement=first_edit)
         gi = sv.sig_index(es)
         doc = json.loads(es[gi][1])
         import base64
         st = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
         edit_statement(st)
-        # a statement that is coherent in itself: its subject digest follows its resources
-        st["subject"][0]["digest"]["sha256"] = shared.subject_digest(
-            {r["name"]: r["digest"] for r in st["predicate"]["resources"]})
+        if coherent:
+            st["subject"][0]["digest"]["sha256"] = shared.subject_digest(
+                {r["name"]: r["digest"] for r in st["predicate"]["resources"]})
         other = load_private_key(ctx["keys"]["other"]["key"], None)
         ti = tarfile.TarInfo(f"{ROOT}/signatures/{ctx['keys']['other']['id']}.sig")
         ti.mtime, ti.mode = es[gi][0].mtime, 0o644

@@ -12,7 +12,6 @@ with sparse files, so that a 16 MiB member costs no disk and no tar bytes).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import tarfile
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Set, Tuple
 
 import test_stdlib_verifier as sv
-from _edge_cases import Build, Entry, _entries, _manifest, _tar
-from bundler.signing import load_private_key, sign_statement
+from _edge_cases import Build, Entry, _entries, _manifest, _second_signature, _tar
 from runtime_stub import verify as shared
 
 ROOT = sv.ROOT
@@ -81,18 +79,9 @@ def _signed_by_other(good: Path, work: Path, ctx: dict) -> Path:
 
 def _two_signatures(first_edit: Callable[[dict], None], second_edit: Callable[[dict], None]) -> Build:
     """Signed by the release key (its statement edited by ``first_edit``), plus a signature by
-    the 'other' key over the statement edited by ``second_edit`` (both keys trusted)."""
-    def build(good: Path, work: Path, ctx: dict) -> Path:
-        es = sv.resign(_entries(good), ctx["keys"]["release"]["key"], edit_statement=first_edit)
-        gi = sv.sig_index(es)
-        st = json.loads(base64.b64decode(json.loads(es[gi][1])["dsseEnvelope"]["payload"]))
-        second_edit(st)
-        other = load_private_key(ctx["keys"]["other"]["key"], None)
-        ti = tarfile.TarInfo(f"{ROOT}/signatures/{ctx['keys']['other']['id']}.sig")
-        ti.mtime, ti.mode = es[gi][0].mtime, 0o644
-        es.insert(gi + 1, (ti, sign_statement(json.dumps(st).encode(), other)))
-        return sv.write_tar(work / "case.tar", es)
-    return build
+    the 'other' key over the statement edited by ``second_edit`` (both keys trusted), its
+    subject digest left as the edit made it."""
+    return _second_signature(second_edit, first_edit, coherent=False)
 
 
 def _expires(when: str) -> Callable[[dict], None]:
