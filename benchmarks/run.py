@@ -453,6 +453,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 s_ours = Series("bundle extract", bundle_argv("extract", bundle, "--trust", pub, "--dest", dest))
                 s_base = Series("tar xf + openssl dgst",
                                 ["sh", "-c", f"mkdir '{tdest}' && tar xf '{bundle}' -C '{tdest}' && openssl dgst -sha256 '{bundle}'"])
+                # Extract fsyncs every file before it publishes DEST (a power cut never leaves a
+                # half-written tree under the final name), so the like-for-like floor syncs too.
+                s_sync = Series("tar xf + sync + openssl dgst",
+                                ["sh", "-c", f"mkdir '{tdest}' && tar xf '{bundle}' -C '{tdest}' && sync -f '{tdest}' "
+                                             f"&& openssl dgst -sha256 '{bundle}'"])
                 s_old = old_series("bundle extract", "extract", bundle, "--trust", pub, "--dest", work / "x-old")
 
                 def clean_extract(_s: Series) -> None:
@@ -460,9 +465,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     shutil.rmtree(tdest, ignore_errors=True)
                     shutil.rmtree(work / "x-old", ignore_errors=True)
 
-                alternate([s_ours, s_base, *s_old], a.runs, clean_extract, pty_labels)
+                alternate([s_ours, s_base, s_sync, *s_old], a.runs, clean_extract, pty_labels)
                 clean_extract(s_ours)
-                ops["extract"] = report(s_ours, [s_base, *s_old], bsize, "time", 1.15)
+                ops["extract"] = report(s_ours, [s_base, s_sync, *s_old], bsize, "time", 1.15)
             shutil.rmtree(build)
             shutil.rmtree(work / "dist-1")
 
