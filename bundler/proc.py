@@ -9,12 +9,14 @@ when its parent dies, whatever killed the parent.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import signal
 import sys
-from typing import Callable, Optional
+import threading
+from typing import Callable, Iterator, List, Optional
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,3 +43,40 @@ def die_with_parent() -> Optional[Callable[[], None]]:
             os._exit(1)
 
     return set_pdeathsig
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the length of the block, then hand the first one that came
+    to the handler that was in place (the CLI's raises ``Interrupted``).
+
+    Why: a handler that raises does so at whatever bytecode the main thread is at, and inside
+    ``concurrent.futures.wait`` that can be between two lock operations of its own: the futures'
+    locks it holds while it checks them stay taken, the pool's manager thread then blocks on one
+    when it cancels the queue, and the interpreter's exit waits for that thread for ever
+    (`bundle create -j2` hung after "interrupted" about once in twelve Ctrl-Cs under load). Held
+    for one short block at a time, the signal is raised between blocks instead, where no lock is
+    taken. Outside the main thread, where handlers cannot be set, it holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: List[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        came.append(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if came:  # delivered even when the block failed: the signal is what the user did last
+            handler = before[came[0]]
+            if callable(handler):
+                handler(came[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(came[0])

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import BuildError
 from ..manifest import EngineRecord, ModelInfo, ShapeRange
-from ..proc import die_with_parent
+from ..proc import die_with_parent, signals_held
 from ..targets import Target
 
 
@@ -122,11 +122,13 @@ def _run_pool(jobs: List[Job], n: int, emit: Callable) -> List[EngineRecord]:
     pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                                initargs=(events, die_with_parent()))
     try:
-        futures: Dict[Future, Job] = {pool.submit(_run_in_worker, j): j for j in jobs}
+        with signals_held():  # a signal is raised between these blocks, never inside the pool's locks
+            futures: Dict[Future, Job] = {pool.submit(_run_in_worker, j): j for j in jobs}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-            _drain(events, emit, started)
+            with signals_held():
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                _drain(events, emit, started)
             for f in done:
                 j = futures[f]
                 elapsed = time.monotonic() - started.get(j.stem, time.monotonic())
