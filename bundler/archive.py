@@ -32,6 +32,8 @@ from typing import BinaryIO, Callable, Deque, List, Optional, Tuple
 from runtime_stub.verify import BLOCK, RECORD, Limits, Member, StrictTarReader  # noqa: F401 - re-exported
 from runtime_stub.verify import check_name as check_member_name  # noqa: F401 - the reader's rule, for the writer
 
+from .proc import signals_held
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no O_DIRECT either
@@ -65,12 +67,13 @@ class AsyncSha256:
     def _submit(self, data) -> Future:  # noqa: ANN001 - bytes-like
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-        fut = self._pool.submit(self._h.update, data)
-        self._inflight.append(fut)
-        while self._inflight and self._inflight[0].done():
-            self._inflight.popleft().result()
-        while len(self._inflight) > MAX_INFLIGHT:
-            self._inflight.popleft().result()
+        with signals_held():  # never inside the executor's or a future's lock (bundler/proc.py)
+            fut = self._pool.submit(self._h.update, data)
+            self._inflight.append(fut)
+            while self._inflight and self._inflight[0].done():
+                self._inflight.popleft().result()
+            while len(self._inflight) > MAX_INFLIGHT:
+                self._inflight.popleft().result()
         return fut
 
     def _flush(self) -> None:
@@ -95,11 +98,12 @@ class AsyncSha256:
     def hexdigest(self) -> str:
         if self._hex is None:
             self._flush()
-            while self._inflight:
-                self._inflight.popleft().result()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            with signals_held():
+                while self._inflight:
+                    self._inflight.popleft().result()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
+                    self._pool = None
             self._hex = self._h.hexdigest()
         return self._hex
 
@@ -125,8 +129,9 @@ class BufferRing:
     def take(self) -> Tuple[int, memoryview]:
         i = self._next
         self._next = (i + 1) % len(self._bufs)
-        for fut in self._held[i]:
-            fut.result()
+        with signals_held():
+            for fut in self._held[i]:
+                fut.result()
         self._held[i].clear()
         buf = self._bufs[i]
         if buf is None:  # allocated on first use: a small file never costs the whole ring
