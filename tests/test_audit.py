@@ -372,6 +372,22 @@ def test_a_broken_ledger_fails_the_audit_and_is_reported(scene, keys, tmp_path):
         assert "chain is broken at entry 2" in rows[path]["reason"]
 
 
+def _open_files(pid: int) -> list:
+    """The paths of ``pid``'s open files; each link read on its own, since the audit opens and
+    closes bundles quickly and one that closed in between must not hide the others."""
+    out = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_leaves_no_report(tmp_path, scene, keys, signum):
     many = tmp_path / "many"
@@ -388,21 +404,21 @@ def test_a_signal_leaves_no_report(tmp_path, scene, keys, signum):
     # alone can take seconds, and a signal before the CLI installs its handlers is no test.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
-        try:
-            fds = [os.readlink(f"/proc/{p.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{p.pid}/fd")]
-        except OSError:
-            fds = []
-        if any(f.startswith(str(many)) for f in fds):
+        if any(f.startswith(str(many)) for f in _open_files(p.pid)):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert p.poll() is None, "the audit finished before the signal: give it more bundles"
     t0 = time.monotonic()
     p.send_signal(signum)
     _, err = p.communicate(timeout=60)
-    assert time.monotonic() - t0 < 10
-    assert p.returncode == 128 + signum and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
-    assert [x.name for x in out.iterdir()] == [".a.json.partial-999999-xyz"]  # nothing new, under any name
+    took = time.monotonic() - t0
+    # Every message carries what the run said: a failure seen once (newcomer-check, 2026-12-01)
+    # under load could not be told apart from the others afterwards.
+    assert took < 10, f"{took:.1f} s from the signal to the exit; stderr: {err[-2000:]}"
+    assert p.returncode == 128 + signum and "Traceback" not in err, f"exit {p.returncode}; stderr: {err[-2000:]}"
+    assert err.strip().splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted"), err[-2000:]
+    left = sorted(x.name for x in out.iterdir())
+    assert left == [".a.json.partial-999999-xyz"], (left, err[-2000:])  # nothing new, under any name
     # the next audit into the same place removes the dead run's leftover and writes the report
     r = run_bundle("audit", many / "b000.bundle.tar", "--trust", keys["release"]["pub"], "--json", out / "a.json")
     assert r.code == 0, r.err
